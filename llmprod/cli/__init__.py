@@ -1,0 +1,1 @@
+"""Command-line wiring: one Typer module per command, each thin (parse → spec → core → render)."""

@@ -1,0 +1,148 @@
+"""The only place that prints.
+
+Human mode: Rich tables for results on stdout, messages and progress on stderr.
+JSON mode (`--json`): exactly one JSON document on stdout, whatever happens; messages still go to
+stderr, progress bars are off. Library code never prints: it returns results or raises
+`llmprod.errors.LlmprodError`, and takes an `Output` when it needs to report progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from llmprod.errors import LlmprodError
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/Infinity; a pipeline must still parse the document
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class Output:
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self._emitted = False
+        self._stdout: Console | None = None
+        self._stderr: Console | None = None
+
+    # Consoles are created lazily: importing rich.console costs start-up time.
+    @property
+    def stdout(self) -> Console:
+        if self._stdout is None:
+            from rich.console import Console
+
+            self._stdout = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+        return self._stdout
+
+    @property
+    def stderr(self) -> Console:
+        if self._stderr is None:
+            from rich.console import Console
+
+            self._stderr = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        return self._stderr
+
+    # -- messages (stderr) -------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.stderr.print(message, markup=False)
+
+    def note(self, message: str) -> None:
+        """A dimmed side remark (how something was estimated, what was chosen and why)."""
+        if not self.quiet:
+            self.stderr.print(f"[dim]{_escape(message)}[/dim]")
+
+    def warn(self, message: str) -> None:
+        self.stderr.print(f"[yellow]warning:[/yellow] {_escape(message)}")
+
+    def error(self, err: LlmprodError) -> None:
+        line = err.one_line()
+        self.stderr.print(f"[red]error:[/red] {_escape(line)}", soft_wrap=True)
+        if self.json_mode and not self._emitted:
+            doc: dict[str, Any] = {"error": {"type": type(err).__name__, "message": line,
+                                             "exit_code": err.exit_code}}
+            result = getattr(err, "result", None)
+            if result is not None:
+                doc = {**result, **doc}
+            self._write_json(doc)
+
+    # -- results (stdout) --------------------------------------------------------------------------
+    def result(self, data: dict[str, Any], render: Callable[[Console], None] | None = None) -> None:
+        """Emit a command's result: `data` as JSON, or `render(console)` for people."""
+        if self.json_mode:
+            self._write_json(data)
+            return
+        if render is None:
+            self.stdout.print(key_value_table(data))
+        else:
+            render(self.stdout)
+        self._emitted = True
+
+    def _write_json(self, doc: dict[str, Any]) -> None:
+        if self._emitted:
+            raise RuntimeError("a command emitted two results; --json allows exactly one document")
+        sys.stdout.write(json.dumps(_jsonable(doc), indent=2, sort_keys=False) + "\n")
+        sys.stdout.flush()
+        self._emitted = True
+
+    # -- progress (stderr, people only) ------------------------------------------------------------
+    @contextmanager
+    def progress(self, *columns: Any, transient: bool = True) -> Iterator[Any]:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        cols = columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn())
+        disable = self.json_mode or self.quiet
+        with Progress(*cols, console=self.stderr, transient=transient, disable=disable) as progress:
+            yield progress
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def key_value_table(data: dict[str, Any], title: str | None = None):
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        table.add_row(str(key), format_value(value))
+    return table
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            return f"{value:.4g}"
+        return f"{value:,.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
