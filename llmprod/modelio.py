@@ -1,0 +1,139 @@
+"""Finding and loading Hugging Face checkpoints: local directories or hub ids, full precision or quantized.
+
+Shared by quantize (source model, reload check), perplexity and serve. Errors are the user's to
+fix (a path that does not exist, a hub id while offline), so they are InputErrors with a hint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmprod.errors import InputError, NotFoundError, OfflineError, require
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the user named: a local directory, or a hub id (optionally at a revision)."""
+
+    name: str
+    local_dir: Path | None
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_dir is not None
+
+    @property
+    def load_path(self) -> str:
+        return str(self.local_dir) if self.local_dir is not None else self.name
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_model(name: str, revision: str | None = None) -> ModelRef:
+    """A local directory with config.json, or something shaped like a hub id; else a clear error."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{name} is a file; a model is a directory holding config.json",
+                             hint="pass the directory that contains it")
+        if not (path / "config.json").is_file():
+            raise NotFoundError(f"{name} has no config.json, so it is not a Hugging Face model directory",
+                                hint="point at the directory that save_pretrained wrote")
+        return ModelRef(name=name, local_dir=path.resolve(), revision=None)
+    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+        raise NotFoundError(f"model {name!r} not found: no such directory, and not a hub id (org/name)",
+                            hint="check the path, or give a hub id such as meta-llama/Llama-3.2-1B-Instruct")
+    return ModelRef(name=name, local_dir=None, revision=revision)
+
+
+def _hub_error(ref: ModelRef, exc: Exception) -> InputError:
+    if hub_offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
+        return OfflineError(f"{ref.name!r} is not a local directory, and the Hugging Face hub cannot be reached "
+                            "(no network, or HF_HUB_OFFLINE=1)",
+                            hint="download it where there is a network and pass the local directory")
+    return NotFoundError(f"cannot load {ref.name!r} from the hub: {str(exc).splitlines()[0]}",
+                         hint="check the id, the revision and your HF_TOKEN for gated models")
+
+
+def pick_device(requested: str) -> str:
+    torch = require("torch", "model")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA GPU",
+                         hint="use --device cpu, or install the CUDA build of torch")
+    return requested
+
+
+def pick_dtype(requested: str, device: str, config: Any):
+    """auto: the checkpoint's own dtype on a GPU; float32 on CPU (bf16 matmuls are slow and coarse there)."""
+    torch = require("torch", "model")
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if requested != "auto":
+        if requested not in names:
+            raise InputError(f"unknown --dtype {requested!r}", hint="use auto, float32, bfloat16 or float16")
+        return names[requested]
+    if device == "cpu":
+        return torch.float32
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = names.get(dtype)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def load_config(ref: ModelRef):
+    transformers = require("transformers", "model")
+    try:
+        return transformers.AutoConfig.from_pretrained(ref.load_path, revision=ref.revision)
+    except OSError as exc:
+        if ref.is_local:
+            raise NotFoundError(f"cannot read the config of {ref.name}: {str(exc).splitlines()[0]}") from exc
+        raise _hub_error(ref, exc) from exc
+
+
+def load_tokenizer(ref: ModelRef):
+    transformers = require("transformers", "model")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(ref.load_path, revision=ref.revision)
+    except (OSError, ValueError) as exc:
+        if ref.is_local:
+            raise NotFoundError(f"{ref.name} has no usable tokenizer: {str(exc).splitlines()[0]}",
+                                hint="save the tokenizer next to the weights (tokenizer.save_pretrained)") from exc
+        raise _hub_error(ref, exc) from exc
+
+
+def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto"):
+    """The model in eval mode on `device`; quantized checkpoints load through their quantization_config."""
+    transformers = require("transformers", "model")
+    device = pick_device(device)
+    config = load_config(ref)
+    torch_dtype = pick_dtype(dtype, device, config)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            ref.load_path, revision=ref.revision, dtype=torch_dtype, device_map=device,
+        )
+    except OSError as exc:
+        if ref.is_local:
+            raise NotFoundError(f"cannot load the weights in {ref.name}: {str(exc).splitlines()[0]}") from exc
+        raise _hub_error(ref, exc) from exc
+    model.eval()
+    return model
+
+
+def max_context(config: Any) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
