@@ -92,6 +92,16 @@ def pick_dtype(requested: str, device: str, config: Any):
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
+def quiet_backends(verbose: bool = False) -> None:
+    """Keep transformers' and the hub's own progress bars and info logs off our stderr unless --verbose."""
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers = require("transformers", "model")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_config(ref: ModelRef):
     transformers = require("transformers", "model")
     try:
@@ -116,6 +126,7 @@ def load_tokenizer(ref: ModelRef):
 def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto"):
     """The model in eval mode on `device`; quantized checkpoints load through their quantization_config."""
     transformers = require("transformers", "model")
+    quiet_backends()
     device = pick_device(device)
     config = load_config(ref)
     torch_dtype = pick_dtype(dtype, device, config)

@@ -1,16 +1,89 @@
-"""`llmprod perplexity`."""
+"""`llmprod perplexity`: the standard perplexity check, with a CI gate against a baseline."""
 
 from __future__ import annotations
 
-from llmprod.cli.options import JsonOpt
-from llmprod.cli.pending import CONTEXT, not_available
+import math
+from typing import Annotated, Optional
+
+import typer
+
+from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg
 from llmprod.cli.runner import command_output
+from llmprod.errors import CheckFailed, InputError
 
-EXAMPLE = "Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct --max-increase 0.05[/bold]"
-__all__ = ["CONTEXT", "EXAMPLE", "perplexity"]
+EXAMPLE = ("Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct "
+           "--max-increase 0.05[/bold]")
+CONTEXT: dict = {}
 
 
-def perplexity(json_output: JsonOpt = False) -> None:
+def perplexity(
+    model: ModelArg,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model to compare with (the unquantized one).")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="wikitext2, c4, or a local .txt / .jsonl file.")] = "wikitext2",
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 2048,
+    stride: Annotated[Optional[int], typer.Option("--stride", help="Smaller than --seq-len: sliding windows.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Evaluate only the first N tokens.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
+    device: DeviceOpt = Device.auto,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    max_increase: Annotated[
+        Optional[float],
+        typer.Option("--max-increase", help="With --baseline: exit 1 when (ppl - base) / base exceeds this, e.g. 0.05."),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
     """Measure perplexity, optionally against a baseline, and gate on the increase."""
-    with command_output(json_output):
-        raise not_available("perplexity")
+    with command_output(json_output) as out:
+        from llmprod.evaluate import PerplexitySpec, gate, measure_perplexity
+
+        if max_increase is not None and (baseline is None or not math.isfinite(max_increase)):
+            raise InputError("--max-increase needs --baseline and a finite fraction",
+                             hint="e.g. --baseline ORIGINAL_MODEL --max-increase 0.05 for a 5% limit")
+        specs = [PerplexitySpec(m, dataset, seq_len, stride, max_tokens, batch_size, device.value, dtype)
+                 for m in [model] + ([baseline] if baseline else [])]
+        for spec in specs:
+            spec.validate()
+        results = []
+        with out.progress() as progress:
+            for spec in specs:
+                task = progress.add_task(f"perplexity of {spec.model}", total=None)
+
+                def on_progress(done: int, total: int, task=task) -> None:
+                    elapsed = progress.tasks[task].elapsed or 0
+                    rate = f" ({done / elapsed:,.0f} tokens/s)" if elapsed else ""
+                    progress.update(task, completed=done, total=total,
+                                    description=f"perplexity of {spec.model}{rate}")
+
+                results.append(measure_perplexity(spec, on_progress))
+        data = results[0].to_dict()
+        verdict = None
+        if baseline:
+            verdict = gate(results[0], results[1], max_increase)
+            data.update(baseline=results[1].to_dict(), increase=verdict.increase,
+                        max_increase=max_increase, passed=verdict.passed)
+        out.result(data, lambda console: _render(console, results, verdict))
+        if verdict is not None and not verdict.passed:
+            raise CheckFailed(verdict.describe(results[0].perplexity, results[1].perplexity),
+                              hint="the quantized model lost more quality than --max-increase allows")
+
+
+def _render(console, results, verdict) -> None:
+    from rich.table import Table
+
+    from llmprod.output import format_value
+
+    table = Table(title="perplexity", title_justify="left")
+    table.add_column("")
+    for r in results:
+        table.add_column(r.model if r is results[0] else f"baseline: {r.model}", justify="right")
+    rows = [("perplexity", "perplexity"), ("mean NLL (nats)", "mean_nll"), ("bits per byte", "bits_per_byte"),
+            ("tokens scored", "tokens"), ("windows", "windows"), ("tokens dropped", "tokens_dropped"),
+            ("tokens/s", "tokens_per_s"), ("seconds", "seconds"), ("device / dtype", None)]
+    for label, key in rows:
+        cells = [f"{r.device} / {r.dtype}" if key is None else format_value(getattr(r, key)) for r in results]
+        table.add_row(label, *cells)
+    console.print(table)
+    console.print(f"dataset: {results[0].dataset}; seq-len {results[0].seq_len}, stride {results[0].stride}")
+    if verdict is not None:
+        style = "green" if verdict.passed else "red"
+        console.print(f"[{style}]{verdict.describe(results[0].perplexity, results[1].perplexity)}[/{style}]")

@@ -1,0 +1,107 @@
+"""Quality checks of a model: perplexity on a text, against a baseline, with a gate for CI."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from llmprod.errors import InputError
+from llmprod.evaluate.perplexity import (PerplexityResult, ProgressFn, compute_perplexity, plan_windows,
+                                         scored_bytes, summarize, tokenize_once)
+from llmprod.evaluate.texts import load_eval_text
+from llmprod.modelio import load_causal_lm, load_tokenizer, max_context, resolve_model
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    model: str
+    dataset: str
+    seq_len: int = 2048
+    stride: int | None = None
+    max_tokens: int | None = None
+    batch_size: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < self.seq_len:
+            raise InputError(f"--max-tokens {self.max_tokens} is smaller than --seq-len {self.seq_len}",
+                             hint="raise --max-tokens or lower --seq-len so at least one window fits")
+        plan_windows(self.seq_len, self.seq_len, self.stride)  # checks seq_len and stride
+
+
+def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = None) -> PerplexityResult:
+    """Load the model and text, check the window fits the model, and score it."""
+    import torch
+
+    spec.validate()
+    ref = resolve_model(spec.model)
+    text = load_eval_text(spec.dataset)  # before the model: a bad file fails in milliseconds
+    tokenizer = load_tokenizer(ref)
+    model = load_causal_lm(ref, spec.device, spec.dtype)
+    limit = max_context(model.config)
+    if limit is not None and spec.seq_len > limit:
+        raise InputError(f"--seq-len {spec.seq_len} is longer than {spec.model}'s context of {limit} tokens",
+                         hint=f"use --seq-len {limit} or less")
+    ids, offsets = tokenize_once(tokenizer, text.text)
+    if spec.max_tokens is not None:
+        ids, offsets = ids[: spec.max_tokens], offsets[: spec.max_tokens] if offsets else None
+    plan = plan_windows(len(ids), spec.seq_len, spec.stride)
+    if not plan.windows:
+        raise InputError(f"the text has {len(ids)} tokens, fewer than one window of --seq-len {spec.seq_len}",
+                         hint="give a longer text or lower --seq-len")
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    total_nll, seconds = compute_perplexity(model, ids, plan, batch_size=spec.batch_size,
+                                            on_progress=on_progress)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    n_bytes = scored_bytes(text.text, tokenizer, ids, offsets, plan)
+    processed = len(plan.windows) * spec.seq_len
+    return PerplexityResult(
+        model=spec.model,
+        dataset=text.source,
+        **summarize(total_nll, plan, n_bytes),
+        tokens=plan.scored,
+        windows=len(plan.windows),
+        tokens_dropped=plan.dropped,
+        total_tokens=plan.total_tokens,
+        seq_len=spec.seq_len,
+        stride=spec.stride or spec.seq_len,
+        batch_size=spec.batch_size,
+        seconds=round(seconds, 3),
+        tokens_per_s=processed / seconds if seconds > 0 else float("inf"),
+        device=str(device),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        peak_gpu_memory_bytes=peak,
+    )
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    increase: float
+    max_increase: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.max_increase is None or self.increase <= self.max_increase
+
+    def describe(self, ppl: float, baseline: float) -> str:
+        limit = "" if self.max_increase is None else f" (gate: at most {self.max_increase:+.2%})"
+        verdict = "" if self.max_increase is None else (" — PASS" if self.passed else " — FAIL")
+        return f"perplexity {ppl:.4f} vs baseline {baseline:.4f}: {self.increase:+.2%}{limit}{verdict}"
+
+
+def gate(result: PerplexityResult, baseline: PerplexityResult, max_increase: float | None) -> GateVerdict:
+    from llmprod.evaluate.perplexity import relative_increase
+
+    if (result.tokens, result.windows) != (baseline.tokens, baseline.windows):
+        # Different tokenizers score different token counts; perplexities are then not comparable.
+        raise InputError(
+            f"the model and the baseline scored different token counts ({result.tokens} vs {baseline.tokens}): "
+            "their tokenizers differ, so their perplexities cannot be compared",
+            hint="compare a quantized model with the model it was made from",
+        )
+    return GateVerdict(relative_increase(result.perplexity, baseline.perplexity), max_increase)

@@ -1,0 +1,218 @@
+"""Perplexity as the GPTQ and AWQ papers' evaluation code computes it, in bounded memory.
+
+The text is tokenized once with the tokenizer's defaults and cut into windows of `seq_len` tokens;
+the remainder that does not fill a window is dropped (and reported). Each window scores positions
+1..seq_len-1 (every token but the first, which has no context); perplexity = exp(total NLL /
+scored tokens). With a stride smaller than seq_len, windows overlap and each one scores only the
+tokens it adds, with the earlier ones as context (the "sliding window" variant).
+
+Memory: the [batch, seq, vocab] float32 logits are never materialised. The decoder's hidden states
+go through the output head a chunk of positions at a time, so a 262k vocabulary at seq-len 2048
+costs one chunk of logits, not 2 GiB per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from llmprod.errors import InputError
+
+# Elements of float32 logits per chunk (64 Mi elements = 256 MiB), shared by the batch.
+LOGIT_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens [begin, end) go through the model; targets at positions [score_from, end) are scored."""
+
+    begin: int
+    end: int
+    score_from: int
+
+    @property
+    def scored(self) -> int:
+        return self.end - self.score_from
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    windows: tuple[Window, ...]
+    total_tokens: int
+    dropped: int
+
+    @property
+    def scored(self) -> int:
+        return sum(w.scored for w in self.windows)
+
+
+def plan_windows(n_tokens: int, seq_len: int, stride: int | None = None) -> WindowPlan:
+    """Full windows only; the tokens after the last one are dropped."""
+    stride = seq_len if stride is None else stride
+    if seq_len < 2:
+        raise InputError("--seq-len must be at least 2", hint="a window needs one token of context")
+    if not 0 < stride <= seq_len:
+        raise InputError(f"--stride {stride} must be between 1 and --seq-len ({seq_len})",
+                         hint="leave --stride out for non-overlapping windows")
+    windows: list[Window] = []
+    scored_until = 0
+    begin = 0
+    while begin + seq_len <= n_tokens:
+        end = begin + seq_len
+        # The first token of a window has no context; later windows start scoring where the last stopped.
+        windows.append(Window(begin, end, max(begin + 1, scored_until)))
+        scored_until = end
+        begin += stride
+    return WindowPlan(tuple(windows), n_tokens, n_tokens - scored_until)
+
+
+@dataclass
+class PerplexityResult:
+    model: str
+    dataset: str
+    perplexity: float
+    mean_nll: float
+    bits_per_byte: float
+    tokens: int  # scored
+    windows: int
+    tokens_dropped: int
+    total_tokens: int
+    seq_len: int
+    stride: int
+    batch_size: int
+    seconds: float
+    tokens_per_s: float  # tokens through the model per second (equal to scored, but for overlaps)
+    device: str
+    dtype: str
+    peak_gpu_memory_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def tokenize_once(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """The whole text with the tokenizer's defaults (BOS where the tokenizer adds one), and char offsets."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True, verbose=False)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    return list(tokenizer(text, verbose=False)["input_ids"]), None
+
+
+def scored_bytes(text: str, tokenizer, ids: Sequence[int], offsets, plan: WindowPlan) -> int:
+    """UTF-8 bytes of the scored text, for bits per byte (comparable across tokenizers)."""
+    total = 0
+    for w in plan.windows:
+        if offsets is not None:
+            start = offsets[w.score_from][0]
+            stop = max(offsets[i][1] for i in range(w.score_from, w.end))
+            total += len(text[start:stop].encode("utf-8"))
+        else:
+            total += len(tokenizer.decode(ids[w.score_from:w.end]).encode("utf-8"))
+    return total
+
+
+def _output_head(model):
+    """(decoder, head, postprocess) when the model splits cleanly; None to fall back to full logits."""
+    head = model.get_output_embeddings()
+    decoder = getattr(model, "base_model", None)
+    if head is None or decoder is None or decoder is model:
+        return None
+    cfg = model.config
+    softcap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3
+    scale = getattr(cfg, "logit_scale", None)  # Cohere multiplies
+    divide = getattr(cfg, "logits_scaling", None)  # Granite divides
+
+    def post(logits):
+        if scale is not None:
+            logits = logits * scale
+        if divide is not None:
+            logits = logits / divide
+        if softcap is not None:
+            logits = (logits / softcap).tanh() * softcap
+        return logits
+
+    return decoder, head, post
+
+
+def window_nll(model, input_ids, score_masks, chunk_tokens: int | None = None):
+    """Summed NLL (float64) over the scored targets of a batch of equal-length windows.
+
+    input_ids: [B, L] long; score_masks: [B, L-1] bool, True where target position t+1 is scored.
+    """
+    import torch
+
+    split = _output_head(model)
+    batch, length = input_ids.shape
+    targets = input_ids[:, 1:]
+    if split is None:  # unknown head: full logits, still scored in float32
+        logits = model(input_ids=input_ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        return (nll.double() * score_masks).sum()
+    decoder, head, post = split
+    hidden = decoder(input_ids=input_ids).last_hidden_state[:, :-1]
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else model.config.vocab_size
+    chunk = chunk_tokens or max(16, LOGIT_CHUNK_ELEMENTS // max(1, batch * vocab))
+    total = torch.zeros((), dtype=torch.float64, device=input_ids.device)
+    for p in range(0, length - 1, chunk):
+        mask = score_masks[:, p:p + chunk]
+        if not mask.any():
+            continue
+        logits = post(head(hidden[:, p:p + chunk]).float())
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets[:, p:p + chunk], reduction="none")
+        total += (nll.double() * mask).sum()
+        del logits, nll
+    return total
+
+
+def compute_perplexity(
+    model,
+    ids: Sequence[int],
+    plan: WindowPlan,
+    *,
+    batch_size: int = 1,
+    on_progress: ProgressFn | None = None,
+    chunk_tokens: int | None = None,
+) -> tuple[float, float]:
+    """(total NLL in nats, seconds) over the plan's windows."""
+    import torch
+
+    device = next(model.parameters()).device
+    all_ids = torch.tensor(ids, dtype=torch.long)
+    seq_len = plan.windows[0].end - plan.windows[0].begin
+    positions = torch.arange(1, seq_len)
+    total = 0.0
+    started = time.perf_counter()
+    done = 0
+    with torch.inference_mode():
+        for b in range(0, len(plan.windows), batch_size):
+            group = plan.windows[b:b + batch_size]
+            input_ids = torch.stack([all_ids[w.begin:w.end] for w in group]).to(device)
+            masks = torch.stack([(w.begin + positions) >= w.score_from for w in group]).to(device)
+            total += float(window_nll(model, input_ids, masks, chunk_tokens))
+            done += len(group) * seq_len
+            if on_progress is not None:
+                on_progress(done, len(plan.windows) * seq_len)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return total, time.perf_counter() - started
+
+
+def summarize(total_nll: float, plan: WindowPlan, n_bytes: int) -> dict[str, float]:
+    mean = total_nll / plan.scored
+    return {
+        "perplexity": math.exp(mean),
+        "mean_nll": mean,
+        "bits_per_byte": total_nll / math.log(2) / n_bytes if n_bytes else float("nan"),
+    }
+
+
+def relative_increase(value: float, baseline: float) -> float:
+    return (value - baseline) / baseline
