@@ -6,8 +6,10 @@ fix (a path that does not exist, a hub id while offline), so they are InputError
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,7 @@ def quiet_backends(verbose: bool = False) -> None:
     if verbose:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # compressed-tensors' "Decompressing model" bars
     transformers = require("transformers", "model")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -123,23 +126,71 @@ def load_tokenizer(ref: ModelRef):
         raise _hub_error(ref, exc) from exc
 
 
+def quantization_method(config: Any) -> str | None:
+    qc = getattr(config, "quantization_config", None)
+    if qc is None:
+        return None
+    return (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)) or None
+
+
 def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto"):
-    """The model in eval mode on `device`; quantized checkpoints load through their quantization_config."""
+    """The model in eval mode on `device`; quantized checkpoints load through their quantization_config.
+
+    compressed-tensors checkpoints are decompressed at load (transformers' packed forward does not run
+    on every device); AWQ GEMM checkpoints need gptqmodel's kernels in transformers 5, and where it is
+    not installed (any CPU machine) their weights are dequantized with AutoAWQ's own unpacking.
+    """
     transformers = require("transformers", "model")
     quiet_backends()
     device = pick_device(device)
     config = load_config(ref)
     torch_dtype = pick_dtype(dtype, device, config)
+    method = quantization_method(config)
+    kwargs: dict[str, Any] = {}
     try:
+        if method == "compressed-tensors":
+            kwargs["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=True)
+        elif method == "awq" and importlib.util.find_spec("gptqmodel") is None:
+            return _load_awq_dequantized(ref, config, torch_dtype, device)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            ref.load_path, revision=ref.revision, dtype=torch_dtype, device_map=device,
-        )
+            ref.load_path, revision=ref.revision, dtype=torch_dtype, device_map=device, **kwargs)
     except OSError as exc:
         if ref.is_local:
             raise NotFoundError(f"cannot load the weights in {ref.name}: {str(exc).splitlines()[0]}") from exc
         raise _hub_error(ref, exc) from exc
     model.eval()
     return model
+
+
+def _load_awq_dequantized(ref: ModelRef, config: Any, torch_dtype, device: str):
+    """An AWQ GEMM checkpoint as a plain model: W = (q - zero) * scale per group, via AutoAWQ's unpacking."""
+    transformers = require("transformers", "model")
+    require("awq", "quantize")
+    from awq.utils.packing_utils import dequantize_gemm
+    from safetensors.torch import load_file, save_file
+
+    if not ref.is_local:
+        hub = require("huggingface_hub", "model")
+        ref = ModelRef(ref.name, Path(hub.snapshot_download(ref.name, revision=ref.revision)), ref.revision)
+    qc = config.quantization_config
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    bits, group = int(qc.get("bits", qc.get("w_bit", 4))), int(qc.get("group_size", qc.get("q_group_size", 128)))
+    state: dict[str, Any] = {}
+    for file in sorted(ref.local_dir.glob("*.safetensors")):
+        state.update(load_file(file))
+    for key in [k for k in state if k.endswith(".qweight")]:
+        prefix = key[: -len(".qweight")]
+        weight = dequantize_gemm(state.pop(key), state.pop(f"{prefix}.qzeros"), state.pop(f"{prefix}.scales"),
+                                 bits, group)
+        state[f"{prefix}.weight"] = weight.t().contiguous()  # AWQ stores [in, out]; Linear wants [out, in]
+    plain = transformers.AutoConfig.from_pretrained(ref.local_dir)
+    del plain.quantization_config
+    # A plain checkpoint in a temporary directory, loaded the standard way (buffers, tied weights).
+    with tempfile.TemporaryDirectory(prefix="llmprod-awq-") as tmp:
+        plain.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors", metadata={"format": "pt"})
+        model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch_dtype, device_map=device)
+    return model.eval()
 
 
 def max_context(config: Any) -> int | None:

@@ -9,6 +9,7 @@ from llmprod.errors import InputError
 from llmprod.evaluate.perplexity import (PerplexityResult, ProgressFn, compute_perplexity, plan_windows,
                                          scored_bytes, summarize, tokenize_once)
 from llmprod.evaluate.texts import load_eval_text
+from llmprod.libraryoutput import library_output
 from llmprod.modelio import load_causal_lm, load_tokenizer, max_context, resolve_model
 
 
@@ -39,8 +40,9 @@ def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = No
     spec.validate()
     ref = resolve_model(spec.model)
     text = load_eval_text(spec.dataset)  # before the model: a bad file fails in milliseconds
-    tokenizer = load_tokenizer(ref)
-    model = load_causal_lm(ref, spec.device, spec.dtype)
+    with library_output(False, "load"):
+        tokenizer = load_tokenizer(ref)
+        model = load_causal_lm(ref, spec.device, spec.dtype)
     limit = max_context(model.config)
     if limit is not None and spec.seq_len > limit:
         raise InputError(f"--seq-len {spec.seq_len} is longer than {spec.model}'s context of {limit} tokens",

@@ -1,0 +1,133 @@
+"""Quantization backends behind one small interface, registered by output format.
+
+    compressed-tensors  llm-compressor `oneshot`: GPTQModifier, or AWQModifier + QuantizationModifier.
+                        Pack-quantized W4A16/W8A16, served by vLLM's Marlin/Machete kernels.
+    awq                 AutoAWQ (deprecated upstream, still quantizes on CPU with transformers 5):
+                        the legacy AWQ GEMM format that vLLM, TGI and others load.
+
+A backend loads the source model itself (each library has its own loader), calibrates on the given
+token ids, and saves weights + config into `workdir`. Everything around it (validation, the atomic
+output directory, manifest, reload check) is the backends' common ground in `run.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from llmprod.errors import require
+from llmprod.quantize.calibration import CalibrationSet
+from llmprod.quantize.spec import QuantizeSpec
+
+LayerProgress = Callable[[int, int], None]  # (layer index reached, number of layers)
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    spec: QuantizeSpec
+    source_dir: Path
+    calibration: CalibrationSet
+    recipe: dict
+    workdir: Path
+    on_layer: LayerProgress | None = None
+
+
+class QuantizationBackend(Protocol):
+    name: str
+    library: str  # the distribution whose version goes into llmprod.json
+
+    def run(self, job: QuantizeJob) -> None: ...
+
+
+def _track_layers(model, on_layer: LayerProgress | None) -> list:
+    """Forward pre-hooks on the decoder layers: calibration runs them in order, one after another."""
+    if on_layer is None:
+        return []
+    layers = None
+    for module in model.modules():
+        if type(module).__name__.endswith("ModuleList") and len(module) and type(module[0]).__name__.endswith(
+                "DecoderLayer"):
+            layers = module
+            break
+    if layers is None:
+        return []
+    n = len(layers)
+    return [layer.register_forward_pre_hook(lambda *_, i=i: on_layer(i + 1, n)) for i, layer in enumerate(layers)]
+
+
+class LlmCompressorBackend:
+    name = "compressed-tensors"
+    library = "llmcompressor"
+
+    def run(self, job: QuantizeJob) -> None:
+        transformers = require("transformers", "model")
+        require("llmcompressor", "quantize")
+        from datasets import Dataset
+        from llmcompressor import oneshot
+        from llmcompressor.recipe import Recipe
+
+        from llmprod.quantize.compat import skip_pinning_without_accelerator
+
+        # Loaded on the CPU; llm-compressor's sequential pipeline onloads one decoder layer at a
+        # time to the accelerator, so peak GPU memory is about one layer plus activations.
+        model = transformers.AutoModelForCausalLM.from_pretrained(job.source_dir, dtype="auto")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(job.source_dir)
+        samples = job.calibration.samples
+        data = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
+        hooks = _track_layers(model, job.on_layer)
+        try:
+            with skip_pinning_without_accelerator():
+                oneshot(
+                    model=model,
+                    dataset=data,
+                    recipe=Recipe.from_dict(job.recipe),
+                    max_seq_length=job.spec.seq_len,
+                    num_calibration_samples=len(samples),
+                    shuffle_calibration_samples=False,  # already chosen by --seed
+                    pipeline="sequential",
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        model.save_pretrained(job.workdir, save_compressed=True)
+        tokenizer.save_pretrained(job.workdir)
+
+
+class AutoAWQBackend:
+    name = "awq"
+    library = "autoawq"
+
+    def run(self, job: QuantizeJob) -> None:
+        require("awq", "quantize")
+        transformers = require("transformers", "model")
+        from awq import AutoAWQForCausalLM
+
+        s = job.spec.settings
+        model = AutoAWQForCausalLM.from_pretrained(str(job.source_dir), device_map="cpu")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(job.source_dir)
+        modules_to_not_convert = [p for p in (s.ignore or ()) if p != "lm_head"] or None
+        quant_config = {"zero_point": True, "q_group_size": s.group_size, "w_bit": s.bits, "version": "GEMM",
+                        "modules_to_not_convert": modules_to_not_convert}
+        hooks = _track_layers(model.model, job.on_layer)
+        try:
+            model.quantize(
+                tokenizer,
+                quant_config=quant_config,
+                calib_data=job.calibration.samples,  # token ids: the very samples the other backend gets
+                max_calib_samples=len(job.calibration.samples),
+                max_calib_seq_len=job.spec.seq_len,
+                n_parallel_calib_samples=None,
+                **{k: v for k, v in (s.options or {}).items() if k in {"duo_scaling", "apply_clip"}},
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        model.save_quantized(str(job.workdir))
+        tokenizer.save_pretrained(job.workdir)
+        gen = job.source_dir / "generation_config.json"
+        if gen.is_file() and not (job.workdir / "generation_config.json").exists():
+            (job.workdir / "generation_config.json").write_bytes(gen.read_bytes())
+
+
+BACKENDS: dict[str, QuantizationBackend] = {b.name: b for b in (LlmCompressorBackend(), AutoAWQBackend())}

@@ -1,0 +1,306 @@
+"""One quantization run: validate everything, quantize into a temporary sibling, check, rename.
+
+The output directory appears only when the checkpoint is complete and has been reloaded with
+transformers and given finite logits. A failure or Ctrl-C at any point removes the temporary
+directory and leaves an existing output untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from llmprod import __version__
+from llmprod.errors import InputError, LlmprodError, OfflineError, OperationFailed, require
+from llmprod.modelio import ModelRef, hub_offline, resolve_model
+from llmprod.quantize import calibration
+from llmprod.quantize.backends import BACKENDS, QuantizeJob
+from llmprod.libraryoutput import library_output
+from llmprod.quantize.recipes import recipe_dict, recipe_yaml
+from llmprod.quantize.spec import VLLM_GROUP_SIZES, QuantizeSpec, check_group_size
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+TMP_MARKER = ".llmprod-tmp-"
+
+
+@dataclass
+class QuantizeHooks:
+    """How a run reports progress; the CLI fills these in with Rich, tests may leave them empty."""
+
+    stage: Callable[[str], None] = lambda message: None
+    layer: Callable[[int, int], None] | None = None
+    warn: Callable[[str], None] = lambda message: None
+
+
+def check_output(spec: QuantizeSpec) -> None:
+    out = spec.output
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file", hint="give a directory path")
+    if out.exists() and any(out.iterdir()) and not spec.overwrite:
+        raise InputError(f"--output {out} already exists and is not empty",
+                         hint="choose another --output, or pass --overwrite to replace it")
+
+
+def source_directory(ref: ModelRef) -> tuple[Path, str | None]:
+    """A local directory holding the source model, and its hub revision (commit) if it came from one."""
+    if ref.local_dir is not None:
+        return ref.local_dir, None
+    if hub_offline():
+        raise OfflineError(f"{ref.name!r} is not a local directory, and the Hugging Face hub is offline here",
+                           hint="download the model where there is a network and pass its directory")
+    hub = require("huggingface_hub", "model")
+    try:
+        path = Path(hub.snapshot_download(ref.name, revision=ref.revision,
+                                          allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                          "*.jinja", "*.py"]))
+    except Exception as exc:  # hub errors: offline, gated, missing
+        raise OfflineError(f"cannot download {ref.name!r}: {str(exc).splitlines()[0]}",
+                           hint="check the id, your network and HF_TOKEN (for gated models)") from exc
+    return path, path.name
+
+
+def quantized_linears(source_dir: Path, ignore: tuple[str, ...]) -> dict[str, int]:
+    """{module name: in_features} of every Linear the recipe will quantize, from a meta-device model."""
+    import re
+
+    import torch
+    transformers = require("transformers", "model")
+
+    config = transformers.AutoConfig.from_pretrained(source_dir)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+
+    def ignored(name: str) -> bool:
+        for pattern in ignore:
+            if pattern.startswith("re:"):
+                if re.match(pattern[3:], name):
+                    return True
+            elif name == pattern or name.endswith("." + pattern):
+                return True
+        return False
+
+    return {name: m.in_features for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not ignored(name)}
+
+
+def weights_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"llmprod": __version__, "python": platform.python_version()}
+    for dist in ("torch", "transformers", "llmcompressor", "compressed-tensors", "autoawq", "accelerate"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _pick_device(requested: str) -> str:
+    if requested == "cpu":
+        # Hide the GPUs before CUDA initialises: llm-compressor onloads to any accelerator it sees.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from llmprod.modelio import pick_device
+
+    return pick_device(requested)
+
+
+def quantize(spec: QuantizeSpec, hooks: QuantizeHooks | None = None) -> dict[str, Any]:
+    """Everything that can be refused is refused before the model is loaded or anything is written."""
+    hooks = hooks or QuantizeHooks()
+    started = time.perf_counter()
+    spec.validate()
+    check_output(spec)
+    calibration.check_source(spec.dataset)
+    ref = resolve_model(spec.model)
+    device = _pick_device(spec.device)
+    if spec.format == "compressed-tensors":
+        require("llmcompressor", "quantize")  # configures its logger on import; library_output then quiets it
+    with library_output(spec.verbose, "quantize") as log:
+        try:
+            hooks.stage("checking the model and the recipe")
+            source_dir, revision = source_directory(ref)
+            check_group_size(quantized_linears(source_dir, spec.settings.ignore or ()), spec.settings)
+            if spec.settings.group_size not in VLLM_GROUP_SIZES:
+                hooks.warn(f"group size {spec.settings.group_size} is valid, but vLLM's Marlin kernels serve "
+                           f"only {', '.join(map(str, VLLM_GROUP_SIZES))}")
+            recipe = recipe_dict(spec)
+            backend = BACKENDS[spec.format]
+            if backend.name == "compressed-tensors":
+                _validate_with_llmcompressor(recipe)
+            return _quantize(spec, hooks, backend, recipe, source_dir, revision, device, started)
+        except (KeyboardInterrupt, LlmprodError):
+            raise
+        except Exception as exc:
+            if log is None:
+                raise
+            raise OperationFailed(f"quantization failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                                  hint=f"the libraries' log is {log}; --verbose shows it live") from exc
+
+
+def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, started) -> dict[str, Any]:
+    import torch
+    transformers = require("transformers", "model")
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir)
+    hooks.stage(f"reading calibration data from {spec.dataset}")
+    calib = calibration.load_calibration(spec.dataset, tokenizer, spec.num_samples, spec.seq_len, spec.seed)
+    if len(calib.samples) < spec.num_samples:
+        hooks.warn(f"{spec.dataset} gave {len(calib.samples)} samples of up to {spec.seq_len} tokens, "
+                   f"fewer than --num-samples {spec.num_samples}; using all of them")
+
+    spec.output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{spec.output.name}{TMP_MARKER}", dir=spec.output.parent))
+    try:
+        torch.manual_seed(spec.seed)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        hooks.stage(f"quantizing with {backend.library} ({spec.settings.method.upper()} {spec.scheme_name()}, "
+                    f"group size {spec.settings.group_size}) on {device}")
+        t0 = time.perf_counter()
+        backend.run(QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer))
+        quantize_seconds = time.perf_counter() - t0
+        peak_gpu = torch.cuda.max_memory_allocated() if device == "cuda" else None
+        peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        (workdir / "recipe.yaml").write_text(recipe_yaml(spec) if backend.name == "compressed-tensors"
+                                             else _autoawq_record(spec, workdir))
+        hooks.stage("reloading the checkpoint with transformers")
+        check = reload_check(workdir)
+        result = {
+            "output": str(spec.output),
+            "method": spec.settings.method,
+            "format": spec.format,
+            "scheme": spec.scheme_name(),
+            "bits": spec.settings.bits,
+            "group_size": spec.settings.group_size,
+            "symmetric": spec.settings.symmetric,
+            "ignore": list(spec.settings.ignore or ()),
+            "size_bytes_before": weights_size(source_dir),
+            "size_bytes_after": weights_size(workdir),
+            "seconds": round(time.perf_counter() - started, 2),
+            "quantize_seconds": round(quantize_seconds, 2),
+            "peak_host_memory_bytes": peak_host,
+            "peak_gpu_memory_bytes": peak_gpu,
+            "device": device,
+            "reload_check": check,
+        }
+        manifest = {
+            **result,
+            "source": {"model": spec.model, "revision": revision, "path": str(source_dir)},
+            "calibration": {**calib.describe(), "seq_len": spec.seq_len, "seed": spec.seed},
+            "recipe": "recipe.yaml",
+            "library_versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        manifest.pop("output")
+        (workdir / "llmprod.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (workdir / "README.md").write_text(model_card(spec, manifest))
+        _replace_output(workdir, spec.output)
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _validate_with_llmcompressor(recipe: dict) -> None:
+    """The library's own whole-recipe validation, once, before any work (AWQ needs a quantizer after it)."""
+    from llmcompressor.recipe import Recipe
+
+    from llmprod.errors import ConfigError
+
+    try:
+        Recipe.from_dict(recipe)
+    except Exception as exc:  # pydantic ValidationError or ValueError from the modifiers
+        raise ConfigError(f"llm-compressor rejects the recipe: {' '.join(str(exc).split())[:300]}",
+                          hint="check the modifier arguments in your --recipe") from exc
+
+
+def _autoawq_record(spec: QuantizeSpec, workdir: Path) -> str:
+    import yaml
+
+    qc = json.loads((workdir / "config.json").read_text()).get("quantization_config", {})
+    return ("# Written by llmprod: AutoAWQ (legacy AWQ GEMM format) made this checkpoint with these settings.\n"
+            + yaml.safe_dump({"autoawq": {"quant_config": qc, "calibration": {"num_samples": spec.num_samples,
+                                                                               "seq_len": spec.seq_len}}},
+                             sort_keys=False))
+
+
+def reload_check(path: Path) -> dict[str, Any]:
+    """Load the written checkpoint as a user would and run one forward pass: logits must be finite."""
+    import torch
+
+    from llmprod.modelio import load_causal_lm, load_tokenizer
+
+    ref = resolve_model(str(path))
+    model = load_causal_lm(ref, device="auto")
+    tokenizer = load_tokenizer(ref)
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(next(model.parameters()).device)).logits
+    finite = bool(torch.isfinite(logits).all())
+    if not finite:
+        raise OperationFailed("the quantized checkpoint gives non-finite logits on reload; nothing was written",
+                              hint="try more calibration samples, a smaller group size, or --bits 8")
+    return {"loaded": True, "finite_logits": finite}
+
+
+def _replace_output(workdir: Path, output: Path) -> None:
+    if output.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.llmprod-old-", dir=output.parent))
+        output.rename(trash / "old")
+        try:
+            workdir.rename(output)
+        except BaseException:
+            (trash / "old").rename(output)
+            raise
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    else:
+        workdir.rename(output)
+    output.chmod(0o755)
+
+
+def model_card(spec: QuantizeSpec, manifest: dict[str, Any]) -> str:
+    s = spec.settings
+    name = spec.output.name
+    fmt = ("compressed-tensors (pack-quantized); vLLM detects it from config.json and serves it with its "
+           "Marlin/Machete kernels" if spec.format == "compressed-tensors"
+           else "AWQ GEMM (legacy AutoAWQ format); vLLM serves it with awq_marlin")
+    return f"""# {name}
+
+{s.method.upper()} {spec.scheme_name()} quantization of `{spec.model}`, made with llmprod.
+
+| | |
+|---|---|
+| method | {s.method.upper()} |
+| weights | {s.bits}-bit integer, group size {s.group_size}, {'symmetric' if s.symmetric else 'asymmetric (zero points)'} |
+| not quantized | {', '.join(s.ignore or ()) or 'nothing'} |
+| format | {fmt} |
+| calibration | {manifest['calibration']['samples']} samples of up to {spec.seq_len} tokens from `{spec.dataset}` (fingerprint `{manifest['calibration']['fingerprint']}`) |
+| size | {manifest['size_bytes_before']:,} bytes before, {manifest['size_bytes_after']:,} after |
+
+## Serve it
+
+```bash
+vllm serve {spec.output}          # quantization is read from config.json
+llmprod serve {spec.output}       # vLLM or the embedded engine, behind the guarded gateway
+```
+
+## Check its quality
+
+```bash
+llmprod perplexity {spec.output} --baseline {spec.model} --max-increase 0.05
+```
+
+`recipe.yaml` is the recipe that produced these weights; `llmprod.json` records the source revision,
+the calibration data's fingerprint, library versions, time and memory.
+"""
