@@ -1,16 +1,88 @@
-"""`llmprod estimate-memory`."""
+"""`llmprod estimate-memory`: will it fit, and what fits instead, as vLLM would allocate it."""
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from llmprod.cli.options import JsonOpt
-from llmprod.cli.pending import CONTEXT, not_available
-from llmprod.cli.runner import command_output
 
-EXAMPLE = "Example: [bold]llmprod estimate-memory meta-llama/Llama-3.1-8B-Instruct --weights w4a16 --gpu L4 --context 8192[/bold]"
-__all__ = ["CONTEXT", "EXAMPLE", "estimate_memory"]
+EXAMPLE = ("Example: [bold]llmprod estimate-memory meta-llama/Llama-3.1-8B-Instruct --weights w4a16 --gpu L4 "
+           "--context 8192[/bold]")
+CONTEXT: dict = {}
 
 
-def estimate_memory(json_output: JsonOpt = False) -> None:
+def estimate_memory(
+    model: Annotated[str, typer.Argument(help="A model directory, a config.json, or a hub id (fetches config.json only).",
+                                         show_default=False)],
+    context: Annotated[int, typer.Option("--context", help="Tokens per sequence (vLLM's max_model_len).")] = 4096,
+    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    weights: Annotated[str, typer.Option("--weights", help="auto (from the checkpoint), bf16, fp16, fp8, int8, w4a16, w8a16, awq, gptq.")] = "auto",
+    group_size: Annotated[int, typer.Option("--group-size", help="Group size of group-quantized weights.")] = 128,
+    kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="auto (the model's dtype), bf16, fp16 or fp8.")] = "auto",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, RTX4090, RTX3090, B200, MI300X.")] = None,
+    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory instead of --gpu: 80GiB, 80GB, 81920MiB.")] = None,
+    gpu_memory_utilization: Annotated[float, typer.Option("--gpu-memory-utilization", help="Share of the GPU vLLM may use.")] = 0.9,
+    kv_cache_memory: Annotated[Optional[str], typer.Option("--kv-cache-memory", help="KV cache budget per GPU, as vLLM's flag (skips the GPU arithmetic).")] = None,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
+    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")] = 16,
+    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="vLLM's scheduler token budget per step.")] = 8192,
+    json_output: JsonOpt = False,
+) -> None:
     """Estimate GPU memory (weights + KV cache + overhead) as vLLM would allocate it."""
-    with command_output(json_output):
-        raise not_available("estimate-memory")
+    from llmprod.cli.runner import command_output
+
+    with command_output(json_output) as out:
+        from llmprod.memory.plan import MemorySpec, estimate
+        from llmprod.memory.sizes import parse_size
+
+        spec = MemorySpec(
+            model=model, context=context, batch=batch, weights=weights, group_size=group_size,
+            kv_cache_dtype=kv_cache_dtype, gpu=gpu,
+            gpu_memory_bytes=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=parse_size(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory else None,
+            tp=tp, pp=pp, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens,
+        )
+        result = estimate(spec)
+        out.result(result, lambda console: _render(console, result))
+
+
+def _render(console, r: dict) -> None:
+    from rich.table import Table
+
+    from llmprod.output import format_bytes
+
+    layers = ", ".join(f"{n} × {k}" for k, n in r["layer_types"].items())
+    console.print(f"[bold]{r['model']}[/bold] ({r['model_type']}, {r['layers']} layers: {layers}); "
+                  f"tp {r['tp']}, pp {r['pp']} (layers per stage {r['layers_per_stage']})")
+    budget = Table(title="memory per GPU", title_justify="left", show_header=False)
+    budget.add_column()
+    budget.add_column(justify="right")
+    budget.add_column(style="dim")
+    budget.add_row("weights", format_bytes(r["weights_bytes"]),
+                   f"{r['weights_format']}, {r['parameters'] / 1e9:.2f} B parameters, {r['weights_estimated']}")
+    for line in r["budget"]:
+        budget.add_row(line["item"], format_bytes(abs(line["bytes"])), line["how"])
+    console.print(budget)
+    kv = Table(title="KV cache (PagedAttention)", title_justify="left", show_header=False)
+    kv.add_column()
+    kv.add_column(justify="right")
+    kv.add_row("KV bytes per token (all layers on this GPU)", f"{r['kv_bytes_per_token']:,}")
+    kv.add_row(f"blocks of {r['block_size']} tokens", f"{r['num_blocks']:,} × {format_bytes(r['page_bytes'])} "
+               f"× {r['group_size']} layers ({r['kv_cache_groups']} group(s))")
+    kv.add_row("GPU KV cache size", f"{r['kv_cache_tokens']:,} tokens")
+    kv.add_row(f"maximum concurrency for {r['context']:,} tokens per request", f"{r['max_concurrency']:.2f}x")
+    kv.add_row(f"longest context at batch {r['batch']}", f"{r['max_context']:,} tokens")
+    paging = r["paging"]
+    kv.add_row("contiguous reservation of the full context", format_bytes(paging["contiguous_bytes"]))
+    kv.add_row("PagedAttention blocks for this load", format_bytes(paging["paged_bytes"]))
+    console.print(kv)
+    verdict = "[green]fits[/green]" if r["fits"] else "[red]does not fit[/red]"
+    console.print(f"{r['batch']} × {r['context']:,} tokens {verdict}; largest batch at this context: "
+                  f"{r['max_batch']}; longest context at batch {r['batch']}: {r['max_context']:,}")
+    for w in r.get("what_if", []):
+        console.print(f"  what if {w['change']}: {w['kv_cache_tokens']:,} tokens, concurrency "
+                      f"{w['max_concurrency']:.2f}x, longest context {w['max_context']:,}")

@@ -1,0 +1,238 @@
+"""The whole estimate: weights, KV budget, blocks, tokens, concurrency, and what would fit instead."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from llmprod.errors import InputError
+from llmprod.memory.kvcache import (KVGroups, LayerSpec, cdiv, full_attention_bytes_per_token, group_layers,
+                                    layer_specs, max_context, pp_layer_counts, stage_layers)
+from llmprod.memory.model import DTYPE_BYTES, ModelShape, load_config, model_shape
+from llmprod.memory.sizes import GiB, gpu_memory
+from llmprod.memory.weights import (estimate_weights, safetensors_from_hub, safetensors_tensors,
+                                    weight_format)
+
+KV_DTYPES = {"auto": None, "bf16": 2, "fp16": 2, "fp8": 1}
+# vLLM's sampler warm-up runs this many sequences' logits in float32 during memory profiling.
+MAX_NUM_SEQS = 256
+# Not measurable from a config: CUDA context, cuBLAS workspaces and NCCL buffers outside torch's
+# allocator, and the memory of captured CUDA graphs (vLLM's default capture sizes).
+NON_TORCH_BYTES = {1: int(0.5 * GiB)}
+NON_TORCH_BYTES_TP = int(1.0 * GiB)
+CUDA_GRAPH_BYTES = int(0.5 * GiB)
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    model: str
+    context: int = 4096
+    batch: int = 1
+    weights: str = "auto"
+    group_size: int = 128
+    kv_cache_dtype: str = "auto"
+    gpu: str | None = None
+    gpu_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None
+    tp: int = 1
+    pp: int = 1
+    block_size: int = 16
+    max_num_batched_tokens: int = 8192
+
+    def validate(self) -> None:
+        for name, value in (("--context", self.context), ("--batch", self.batch), ("--tp", self.tp),
+                            ("--pp", self.pp), ("--block-size", self.block_size),
+                            ("--max-num-batched-tokens", self.max_num_batched_tokens)):
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise InputError(f"--gpu-memory-utilization {self.gpu_memory_utilization} must be in (0, 1]",
+                             hint="vLLM's default is 0.9")
+        if self.kv_cache_dtype not in KV_DTYPES:
+            raise InputError(f"unknown --kv-cache-dtype {self.kv_cache_dtype!r}", hint="use auto, bf16, fp16 or fp8")
+        if self.gpu and self.gpu_memory_bytes:
+            raise InputError("--gpu and --gpu-memory both given", hint="give one of them")
+        if self.kv_cache_memory_bytes is None and not (self.gpu or self.gpu_memory_bytes):
+            raise InputError("no memory to plan against",
+                             hint="pass --gpu NAME, --gpu-memory SIZE, or --kv-cache-memory SIZE")
+
+
+def estimate(spec: MemorySpec) -> dict[str, Any]:
+    spec.validate()
+    config, directory = load_config(spec.model)
+    shape = model_shape(config)
+    limit = shape.max_position_embeddings or spec.context
+    if spec.context > limit:
+        raise InputError(f"--context {spec.context} is longer than the model's {limit} positions",
+                         hint=f"use --context {limit} or less (vLLM refuses a longer max_model_len)")
+    if shape.num_heads % spec.tp:
+        raise InputError(f"--tp {spec.tp} does not divide the model's {shape.num_heads} attention heads",
+                         hint="vLLM needs the heads split evenly; try a divisor of the head count")
+    kv_bytes = KV_DTYPES[spec.kv_cache_dtype] or DTYPE_BYTES.get(shape.dtype, 2)
+    return _estimate(spec, shape, config, directory, kv_bytes, whatifs=True)
+
+
+def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_bytes: int, *,
+              whatifs: bool) -> dict[str, Any]:
+    stages = stage_layers(shape, spec.pp)
+    counts = pp_layer_counts(shape.num_layers, spec.pp)
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    ranges = [range(s, s + n) for s, n in zip(starts, counts)]
+
+    fmt = weight_format(spec.weights, shape, spec.group_size)
+    tensors = safetensors_tensors(directory) if spec.weights == "auto" else None
+    weights = estimate_weights(shape, fmt, spec.tp, ranges, tensors)
+    weights_how = weights.how
+    weights_bytes = weights.bytes_per_gpu
+    if tensors is None:
+        exact = _exact_parameters(spec.model, directory)
+        if exact:  # scale the architecture's estimate to the checkpoint's exact parameter count
+            weights_bytes = int(weights_bytes * exact / weights.parameters)
+            weights_how = "architecture, scaled to the exact parameter count in the safetensors metadata"
+
+    # Plan every stage; report the one with the least room per request (the largest, in practice).
+    plans = []
+    for layers, layer_range in zip(stages, ranges):
+        specs = layer_specs(shape, layers, spec.tp, spec.block_size, kv_bytes)
+        plans.append((specs, group_layers(specs)))
+    specs, groups = max(plans, key=lambda p: sum(s.page_bytes for s in p[0]))
+
+    budget, budget_lines = _kv_budget(spec, shape, weights_bytes)
+    num_blocks = groups.num_blocks(budget)
+    kv_tokens = groups.kv_cache_tokens(num_blocks)
+    concurrency = groups.max_concurrency(num_blocks, spec.context, spec.max_num_batched_tokens)
+    per_request_blocks = groups.blocks_per_request(spec.context, spec.max_num_batched_tokens)
+    longest = max_context(groups, specs, budget, spec.batch, shape.max_position_embeddings or spec.context,
+                          spec.max_num_batched_tokens)
+    per_token = full_attention_bytes_per_token(specs)
+    result: dict[str, Any] = {
+        "model": spec.model,
+        "model_type": shape.model_type,
+        "layers": shape.num_layers,
+        "layer_types": _layer_summary(shape),
+        "kv_heads_per_gpu": 1 if shape.is_mla else max(1, shape.num_kv_heads // spec.tp),
+        "kv_bytes_per_token": per_token,
+        "kv_bytes_per_token_per_layer": per_token // max(1, len(specs)),
+        "weights_format": fmt.name,
+        "weights_bytes": weights_bytes,
+        "weights_estimated": weights_how,
+        "parameters": weights.parameters,
+        "kv_cache_bytes": budget,
+        "budget": budget_lines,
+        "block_size": spec.block_size,
+        "page_bytes": groups.page_bytes,
+        "kv_cache_groups": len(groups.specs),
+        "group_size": groups.group_size,
+        "num_blocks": num_blocks,
+        "kv_cache_tokens": kv_tokens,
+        "blocks_per_request": per_request_blocks,
+        "context": spec.context,
+        "batch": spec.batch,
+        "max_concurrency": concurrency,
+        "max_batch": int(math.floor(concurrency)),
+        "max_context": longest,
+        "fits": budget > 0 and concurrency >= spec.batch,
+        "tp": spec.tp,
+        "pp": spec.pp,
+        "layers_per_stage": counts,
+        "paging": _paging(spec, shape, specs, groups),
+    }
+    if whatifs:
+        result["what_if"] = _what_ifs(spec, shape, config, directory, kv_bytes)
+    return result
+
+
+def _exact_parameters(model: str, directory) -> int | None:
+    if directory is not None:
+        tensors = safetensors_tensors(directory)
+        if tensors:
+            return sum(math.prod(dims) for _, dims in tensors.values())
+        return None
+    return safetensors_from_hub(model)
+
+
+def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int) -> tuple[int, list[dict[str, Any]]]:
+    if spec.kv_cache_memory_bytes is not None:
+        return spec.kv_cache_memory_bytes, [{"item": "KV cache (--kv-cache-memory)", "bytes": spec.kv_cache_memory_bytes,
+                                             "how": "given, per GPU, as vLLM's flag of the same name"}]
+    if spec.gpu:
+        label, total = gpu_memory(spec.gpu)
+    else:
+        label, total = "--gpu-memory", spec.gpu_memory_bytes
+    usable = int(total * spec.gpu_memory_utilization)
+    activation = _activation_peak(spec, shape)
+    non_torch = NON_TORCH_BYTES.get(spec.tp * spec.pp, NON_TORCH_BYTES_TP)
+    lines = [
+        {"item": f"GPU memory ({label})", "bytes": total, "how": "driver-reported total"},
+        {"item": f"× utilization {spec.gpu_memory_utilization}", "bytes": usable, "how": "what vLLM may use"},
+        {"item": "− weights", "bytes": -weights_bytes, "how": "see weights"},
+        {"item": "− activation peak", "bytes": -activation,
+         "how": f"profiling forward of {spec.max_num_batched_tokens} tokens + {MAX_NUM_SEQS} sequences' fp32 logits"},
+        {"item": "− non-torch memory", "bytes": -non_torch,
+         "how": "CUDA context, cuBLAS/NCCL buffers (typical, not derivable from the config)"},
+        {"item": "− CUDA graphs", "bytes": -CUDA_GRAPH_BYTES,
+         "how": "vLLM's default capture sizes (typical; 0 with --enforce-eager)"},
+    ]
+    budget = usable - weights_bytes - activation - non_torch - CUDA_GRAPH_BYTES
+    lines.append({"item": "= KV cache", "bytes": max(0, budget), "how": "what vLLM gives the block pool"})
+    return max(0, budget), lines
+
+
+def _activation_peak(spec: MemorySpec, shape: ModelShape) -> int:
+    cfg, tokens = shape.raw, spec.max_num_batched_tokens
+    dtype = DTYPE_BYTES.get(shape.dtype, 2)
+    inter = max(cfg.get("intermediate_size") or 0,
+                (cfg.get("num_experts_per_tok") or 0) * (cfg.get("moe_intermediate_size") or 0))
+    qkv = (shape.num_heads + 2 * shape.num_kv_heads) * shape.head_dim
+    # Live at the peak of a layer's forward: the residual stream and its norm, q/k/v and the
+    # attention output, and the MLP's gate/up output (2 × intermediate) with its activation.
+    per_token = dtype * (4 * shape.hidden_size + (qkv + 3 * inter) // spec.tp)
+    logits = MAX_NUM_SEQS * shape.vocab_size * 4
+    return tokens * per_token + logits
+
+
+def _layer_summary(shape: ModelShape) -> dict[str, int]:
+    summary: dict[str, int] = {}
+    for layer in shape.layers:
+        key = layer.kind if layer.window is None else f"{layer.kind} ({layer.window})"
+        summary[key] = summary.get(key, 0) + 1
+    if shape.is_mla:
+        summary = {f"MLA {k}": v for k, v in summary.items()}
+    return summary
+
+
+def _paging(spec: MemorySpec, shape: ModelShape, specs: list[LayerSpec], groups: KVGroups) -> dict[str, Any]:
+    """PagedAttention against reserving every sequence's full context contiguously, for this load."""
+    model_len = shape.max_position_embeddings or spec.context
+    per_token_full = full_attention_bytes_per_token(specs)
+    contiguous = spec.batch * model_len * per_token_full
+    paged = spec.batch * groups.blocks_per_request(spec.context, spec.max_num_batched_tokens) * groups.page_bytes \
+        * groups.group_size
+    return {
+        "contiguous_bytes": contiguous,
+        "paged_bytes": paged,
+        "saved_bytes": contiguous - paged,
+        "how": f"contiguous: {spec.batch} × {model_len} positions × {per_token_full} B reserved up front; "
+               f"paged: blocks of {spec.block_size} tokens for {spec.context} tokens each, sliding layers "
+               "keeping only their window",
+    }
+
+
+def _what_ifs(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_bytes: int) -> list[dict[str, Any]]:
+    options = []
+    if kv_bytes > 1:
+        options.append(("--kv-cache-dtype fp8", replace(spec, kv_cache_dtype="fp8"), 1))
+    next_tp = spec.tp * 2
+    if shape.num_heads % next_tp == 0:
+        options.append((f"--tp {next_tp}", replace(spec, tp=next_tp), kv_bytes))
+    out = []
+    for label, alt, alt_kv in options:
+        r = _estimate(alt, shape, config, directory, alt_kv, whatifs=False)
+        out.append({"change": label, "kv_cache_tokens": r["kv_cache_tokens"], "max_concurrency": r["max_concurrency"],
+                    "max_context": r["max_context"], "fits": r["fits"], "weights_bytes": r["weights_bytes"]})
+    return out
+
+
+__all__ = ["MemorySpec", "estimate", "cdiv"]

@@ -1,0 +1,53 @@
+"""Byte sizes the user types ("80GiB", "80GB", "81920MiB") and the GPUs they name."""
+
+from __future__ import annotations
+
+import re
+
+from llmprod.errors import InputError
+
+GiB = 1 << 30
+MiB = 1 << 20
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str, option: str = "size") -> int:
+    """'80GiB' = 80 * 2**30, '80GB' = 80 * 10**9, '81920MiB'; a bare number is bytes."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "b").lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise InputError(f"{option} {text!r} is not a size",
+                         hint="write it like 80GiB (2^30 bytes), 80GB (10^9 bytes) or 81920MiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+# Total memory as the driver reports it (nvidia-smi / rocm-smi "total"), in MiB: what vLLM sees.
+GPUS: dict[str, tuple[str, int]] = {
+    "h100": ("NVIDIA H100 80GB (SXM/PCIe)", 81_559),
+    "h200": ("NVIDIA H200 141GB", 143_771),
+    "a100-80gb": ("NVIDIA A100 80GB", 81_920),
+    "a100-40gb": ("NVIDIA A100 40GB", 40_960),
+    "l40s": ("NVIDIA L40S 48GB", 46_068),
+    "l4": ("NVIDIA L4 24GB", 23_034),
+    "a10g": ("NVIDIA A10G 24GB", 23_028),
+    "rtx4090": ("NVIDIA GeForce RTX 4090 24GB", 24_564),
+    "rtx3090": ("NVIDIA GeForce RTX 3090 24GB", 24_576),
+    "b200": ("NVIDIA B200 180GB", 183_359),
+    "mi300x": ("AMD Instinct MI300X 192GB", 196_592),
+}
+_ALIASES = {"h100-80gb": "h100", "h100-sxm": "h100", "h100-pcie": "h100", "h200-141gb": "h200",
+            "a100": "a100-80gb", "a100-80g": "a100-80gb", "a100-40g": "a100-40gb", "4090": "rtx4090",
+            "3090": "rtx3090", "rtx-4090": "rtx4090", "rtx-3090": "rtx3090"}
+
+
+def gpu_memory(name: str) -> tuple[str, int]:
+    """(description, total bytes) of a named GPU; an unknown name lists the known ones."""
+    key = re.sub(r"[\s_]+", "-", name.strip().lower())
+    key = _ALIASES.get(key, key)
+    if key not in GPUS:
+        known = ", ".join(k.upper() for k in GPUS)
+        raise InputError(f"unknown GPU {name!r}", hint=f"use one of {known}, or --gpu-memory SIZE")
+    label, mib = GPUS[key]
+    return label, mib * MiB
