@@ -54,13 +54,17 @@ class TinyModelSpec:
     train_batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0
+    # Rows of the embedding and output head; 0 means the tokenizer's size. Benchmarks pad it to a
+    # Llama-3-sized 128k to measure what a large vocabulary costs (the extra rows are never used).
+    padded_vocab_size: int = 0
 
     @property
     def trained(self) -> bool:
         return self.train_steps > 0
 
     def fingerprint(self) -> str:
-        payload = json.dumps({**asdict(self), "builder": BUILDER_VERSION}, sort_keys=True)
+        payload = json.dumps({**{k: v for k, v in asdict(self).items() if k != "padded_vocab_size" or v},
+                          "builder": BUILDER_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -196,7 +200,7 @@ def _init_model(spec: TinyModelSpec, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), spec.padded_vocab_size),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,

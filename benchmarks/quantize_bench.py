@@ -1,0 +1,106 @@
+"""`llmprod quantize` against plain library scripts on the same model, data and settings.
+
+1. llmprod GPTQ / AWQ (compressed-tensors) vs a plain llm-compressor script: wall time and peak RSS.
+   llmprod's run includes what the plain script does not do: validation, the reload check with a
+   forward pass, manifest and model card. Goal: <= 1.05x time, <= 1.10x memory.
+2. llm-compressor AWQ vs AutoAWQ (the legacy engine) on the same samples.
+
+Every run is its own process (peak RSS from wait4), runs alternate, median of --repeats. Calibration
+samples are chosen once by llmprod's loader and handed to the plain scripts as token ids, so all
+runs see identical data (the fingerprint is checked).
+
+    python benchmarks/quantize_bench.py --out benchmarks/results/quantize-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _measure import median, run_measured  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("work/bench"))
+    parser.add_argument("--model", type=Path, help="an existing model directory (default: build one)")
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default="gptq,awq")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from llmprod.quantize.calibration import load_calibration
+    from llmprod.tinymodel import RANDOM, cached_tiny_model, corpus_split
+
+    # Random weights: quantization time and memory do not depend on what the weights say.
+    spec = replace(RANDOM, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                   num_key_value_heads=4)
+    model = args.model or cached_tiny_model(args.work, spec)
+    text = args.work / "calibration.txt"
+    text.write_text(corpus_split()[0])
+    calib = load_calibration(str(text), AutoTokenizer.from_pretrained(model), args.num_samples, args.seq_len, 0)
+    samples_file = args.work / "samples.json"
+    samples_file.write_text(json.dumps(calib.samples))
+
+    def llmprod(method: str, fmt: str, out: Path) -> list[str]:
+        return [sys.executable, "-m", "llmprod", "quantize", str(model), "--method", method, "--format", fmt,
+                "--output", str(out), "--dataset", str(text), "--num-samples", str(args.num_samples),
+                "--seq-len", str(args.seq_len), "--json"]
+
+    pairs = {}
+    for method in args.methods.split(","):
+        pairs[f"{method}: llmprod vs plain llm-compressor"] = (
+            lambda out, m=method: llmprod(m, "compressed-tensors", out),
+            lambda out, m=method: [sys.executable, str(HERE / "plain_llmcompressor.py"), str(model), m, str(out),
+                                   str(samples_file), str(args.seq_len)])
+    if "awq" in args.methods:
+        pairs["awq: plain llm-compressor vs plain AutoAWQ"] = (
+            pairs["awq: llmprod vs plain llm-compressor"][1],
+            lambda out: [sys.executable, str(HERE / "plain_autoawq.py"), str(model), str(out), str(samples_file),
+                         str(args.seq_len)])
+
+    results = {}
+    for name, (first, second) in pairs.items():
+        runs = {"first": [], "second": []}
+        for _ in range(args.repeats):
+            for key, make in (("first", first), ("second", second)):
+                tmp = Path(tempfile.mkdtemp(dir=args.work))
+                try:
+                    r = run_measured(make(tmp / "out"))
+                    runs[key].append({"seconds": r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"]})
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        a = {k: median([r[k] for r in runs["first"]]) for k in ("seconds", "peak_rss_bytes")}
+        b = {k: median([r[k] for r in runs["second"]]) for k in ("seconds", "peak_rss_bytes")}
+        results[name] = {"first": a, "second": b, "time_ratio": a["seconds"] / b["seconds"],
+                         "memory_ratio": a["peak_rss_bytes"] / b["peak_rss_bytes"], "runs": runs}
+        print(f"{name}: time x{results[name]['time_ratio']:.3f}, memory x{results[name]['memory_ratio']:.3f}",
+              flush=True)
+    report_file = Path(model) / "tiny-model.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    out = {
+        "command": " ".join(["python", "benchmarks/quantize_bench.py", *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "model": {"path": str(model), "parameters": report.get("parameters"), "spec": report.get("spec")},
+        "calibration": {**calib.describe(), "seq_len": args.seq_len},
+        "repeats": args.repeats,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
