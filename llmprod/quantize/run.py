@@ -124,9 +124,7 @@ def quantize(spec: QuantizeSpec, hooks: QuantizeHooks | None = None) -> dict[str
     calibration.check_source(spec.dataset)
     ref = resolve_model(spec.model)
     device = _pick_device(spec.device)
-    if spec.format == "compressed-tensors":
-        require("llmcompressor", "quantize")  # configures its logger on import; library_output then quiets it
-    with library_output(spec.verbose, "quantize") as log:
+    with library_output(spec.verbose, "quantize", llmcompressor=spec.format == "compressed-tensors") as log:
         try:
             hooks.stage("checking the model and the recipe")
             source_dir, revision = source_directory(ref)
