@@ -38,8 +38,10 @@ def library_output(verbose: bool, label: str, *, llmcompressor: bool = False) ->
         handler = _own_loguru(sys.stderr if verbose else log) if llmcompressor else None
         try:
             yield None if verbose else path
+        except KeyboardInterrupt:
+            raise  # the user stopped it: nothing to diagnose, so the log goes too
         except BaseException:
-            failed = True
+            failed = True  # kept, and named in the error the caller raises
             raise
         finally:
             if handler is not None:

@@ -87,11 +87,16 @@ class LlmCompressorBackend:
                     shuffle_calibration_samples=False,  # already chosen by --seed
                     pipeline="sequential",
                 )
+            model.save_pretrained(job.workdir, save_compressed=True)
+            tokenizer.save_pretrained(job.workdir)
         finally:
             for hook in hooks:
                 hook.remove()
-        model.save_pretrained(job.workdir, save_compressed=True)
-        tokenizer.save_pretrained(job.workdir)
+            # llm-compressor's process-wide session keeps the model alive; release it before the
+            # reload check loads the checkpoint again, or peak memory holds both.
+            from llmcompressor.core import reset_session
+
+            reset_session()
 
 
 class AutoAWQBackend:

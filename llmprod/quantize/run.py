@@ -7,6 +7,7 @@ directory and leaves an existing output untouched.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -168,6 +169,7 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         t0 = time.perf_counter()
         backend.run(QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer))
         quantize_seconds = time.perf_counter() - t0
+        gc.collect()  # the backend's model is garbage now: free it before the reload check
         peak_gpu = torch.cuda.max_memory_allocated() if device == "cuda" else None
         peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
         (workdir / "recipe.yaml").write_text(recipe_yaml(spec) if backend.name == "compressed-tensors"
