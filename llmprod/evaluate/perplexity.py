@@ -142,10 +142,12 @@ def _output_head(model):
     return decoder, head, post
 
 
-def window_nll(model, input_ids, score_masks, chunk_tokens: int | None = None):
+def window_nll(model, input_ids, score_masks, chunk_tokens: int | None = None, first_scored: int = 0):
     """Summed NLL (float64) over the scored targets of a batch of equal-length windows.
 
-    input_ids: [B, L] long; score_masks: [B, L-1] bool, True where target position t+1 is scored.
+    input_ids: [B, L] long; score_masks: [B, L-1] bool, True where target position t+1 is scored;
+    first_scored: no target before this index is scored in any window (known on the host, so
+    skipping chunks needs no device sync).
     """
     import torch
 
@@ -161,11 +163,10 @@ def window_nll(model, input_ids, score_masks, chunk_tokens: int | None = None):
     chunk = chunk_tokens or max(16, LOGIT_CHUNK_ELEMENTS // max(1, batch * vocab))
     total = torch.zeros((), dtype=torch.float64, device=input_ids.device)
     for p in range(0, length - 1, chunk):
-        mask = score_masks[:, p:p + chunk]
-        if not mask.any():
-            continue
+        if p + chunk <= first_scored:
+            continue  # context only, as in the sliding-window variant's overlap
         logits = post(head(hidden[:, p:p + chunk]).float())
-        total += _masked_nll(logits, targets[:, p:p + chunk], mask)
+        total += _masked_nll(logits, targets[:, p:p + chunk], score_masks[:, p:p + chunk])
         del logits
     return total
 
@@ -204,7 +205,8 @@ def compute_perplexity(
             group = plan.windows[b:b + batch_size]
             input_ids = torch.stack([all_ids[w.begin:w.end] for w in group]).to(device)
             masks = torch.stack([(w.begin + positions) >= w.score_from for w in group]).to(device)
-            total += float(window_nll(model, input_ids, masks, chunk_tokens))
+            first = min(w.score_from - w.begin for w in group) - 1
+            total += float(window_nll(model, input_ids, masks, chunk_tokens, first))
             done += len(group) * seq_len
             if on_progress is not None:
                 on_progress(done, len(plan.windows) * seq_len)
