@@ -216,3 +216,21 @@ def test_the_planner_never_imports_torch():
             "print(any(m.split('.')[0] in {'torch', 'transformers'} for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_chunked_local_attention_llama_4_pattern(tmp_path):
+    # A config of our own in Llama 4's shape: transformers' default makes every 4th layer full
+    # attention (no RoPE) and the others chunked local attention.
+    config = {"model_type": "llama4_text", "num_hidden_layers": 8, "hidden_size": 1024, "num_attention_heads": 8,
+              "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 1000, "intermediate_size": 2048,
+              "max_position_embeddings": 262_144, "attention_chunk_size": 8192, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r = estimate(MemorySpec(model=str(tmp_path), context=65_536, kv_cache_memory_bytes=GiB))
+    assert r["layer_types"] == {"chunked_attention (8192)": 6, "full_attention": 2}
+    # groups of 2 layers: 3 chunked + 1 full; page = 16 × 2 heads × 256 × 2 bytes
+    assert (r["group_size"], r["kv_cache_groups"], r["page_bytes"]) == (2, 4, 16_384)
+    assert r["num_blocks"] == GiB // 16_384 // 2 == 32_768
+    assert r["kv_cache_tokens"] == 32_768 // 4 * 16
+    # chunked: cdiv(min(8192 + 8192, 65536), 16) = 1024 blocks; full: 65536 / 16 = 4096
+    assert r["blocks_per_request"] == 3 * 1024 + 4096
+    assert r["max_concurrency"] == pytest.approx(32_768 / 7168)
