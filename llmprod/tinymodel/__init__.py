@@ -289,3 +289,31 @@ def _write_generation_config(model, path: Path) -> None:
         do_sample=False,
         max_new_tokens=64,
     ).save_pretrained(path)
+
+
+def build_shaped_model(config_json: str | os.PathLike, dest: str | os.PathLike, dtype: str = "bfloat16") -> dict:
+    """A model with a real model's shapes (its config.json) and random weights, plus the tiny tokenizer.
+
+    For speed and memory measurements only: its perplexity means nothing. The tokenizer is the tiny
+    one (its ids are a subset of the real vocabulary), so every tool that needs one works offline.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dest = Path(dest)
+    raw = json.loads(Path(config_json).read_text())
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+    tmp_cfg = Path(tempfile.mkdtemp())
+    (tmp_cfg / "config.json").write_text(json.dumps(raw))
+    config = AutoConfig.from_pretrained(tmp_cfg)
+    shutil.rmtree(tmp_cfg, ignore_errors=True)
+    tokenizer = _train_tokenizer(corpus_split()[0], RANDOM)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    _write_generation_config(model, dest)
+    report = {"path": str(dest), "config": str(config_json), "parameters": sum(p.numel() for p in model.parameters()),
+              "dtype": dtype, "weights": "random"}
+    (dest / "tiny-model.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
