@@ -14,7 +14,7 @@ from llmprod.cli.runner import command_output
 from llmprod.errors import CheckFailed, ConfigError
 
 COMMANDS = ["quantize", "perplexity", "estimate-memory", "serve", "guardrails", "bench"]
-PENDING = [["serve"], ["guardrails", "scan"], ["bench"]]
+PENDING = [["serve"], ["guardrails", "scan"]]
 
 
 def test_version(cli):

@@ -1,0 +1,83 @@
+"""An OpenAI-compatible server whose timing the tests control (run as its own process).
+
+It waits --ttft seconds before the first token, then --itl seconds between tokens, and streams
+--tokens tokens per request, so a load generator's reported TTFT, TPOT and tokens/s can be checked
+against known values. GET /stats tells how many generation requests arrived.
+
+    python tests/bench/timed_server.py --port 8123 --ttft 0.2 --itl 0.025 --tokens 20 [--api-key K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+
+def make_app(ttft: float, itl: float, tokens: int, api_key: str | None, usage: bool, model: str,
+             not_openai: bool = False) -> Starlette:
+    stats = {"generations": 0}
+
+    def authorized(request: Request) -> bool:
+        return api_key is None or request.headers.get("authorization") == f"Bearer {api_key}"
+
+    async def models(request: Request):
+        if not_openai:
+            return HTMLResponse("<html>a web page, not an API</html>")
+        if not authorized(request):
+            return JSONResponse({"error": {"message": "bad key", "type": "auth", "code": "invalid_api_key"}}, 401)
+        return JSONResponse({"object": "list", "data": [{"id": model, "object": "model"}]})
+
+    async def generate(request: Request):
+        if not authorized(request):
+            return JSONResponse({"error": {"message": "bad key", "type": "auth", "code": "invalid_api_key"}}, 401)
+        stats["generations"] += 1
+        body = await request.json()
+        chat = request.url.path.endswith("/chat/completions")
+        n = min(tokens, int(body.get("max_tokens") or tokens))
+
+        async def events():
+            start = time.perf_counter()
+            for i in range(n):
+                # Sleep to an absolute schedule, so the known timing does not drift with overheads.
+                await asyncio.sleep(max(0.0, start + ttft + i * itl - time.perf_counter()))
+                choice = ({"index": 0, "delta": {"content": f"t{i} "}} if chat else {"index": 0, "text": f"t{i} "})
+                yield f"data: {json.dumps({'id': 'x', 'model': model, 'choices': [choice]})}\n\n"
+            if usage and (body.get("stream_options") or {}).get("include_usage"):
+                yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': {'prompt_tokens': 5, 'completion_tokens': n, 'total_tokens': n + 5}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def stats_route(request: Request):
+        return JSONResponse(stats)
+
+    return Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", generate, methods=["POST"]),
+                             Route("/v1/completions", generate, methods=["POST"]), Route("/stats", stats_route)])
+
+
+def main() -> None:
+    import uvicorn
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ttft", type=float, default=0.2)
+    p.add_argument("--itl", type=float, default=0.025)
+    p.add_argument("--tokens", type=int, default=20)
+    p.add_argument("--api-key")
+    p.add_argument("--no-usage", action="store_true")
+    p.add_argument("--not-openai", action="store_true")
+    p.add_argument("--model", default="timed")
+    a = p.parse_args()
+    app = make_app(a.ttft, a.itl, a.tokens, a.api_key, not a.no_usage, a.model, a.not_openai)
+    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
