@@ -18,6 +18,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
 @pytest.fixture(scope="module")
 def timed_server():
     """Start timed servers on loopback; every one is stopped when the module's tests end."""

@@ -76,10 +76,8 @@ def _refused_before_any_load(cli, url, *args) -> str:
     return result.stderr
 
 
-def test_unreachable_wrong_key_not_openai_unknown_model(cli, timed_server):
-    from tests.bench.conftest import free_port
-
-    assert "cannot reach" in _refused_before_any_load(cli, f"http://127.0.0.1:{free_port()}")
+def test_unreachable_wrong_key_not_openai(cli, timed_server, unused_port):
+    assert "cannot reach" in _refused_before_any_load(cli, f"http://127.0.0.1:{unused_port}")
     keyed = timed_server("--api-key", "right")
     assert "refused the API key" in _refused_before_any_load(cli, keyed, "--api-key", "wrong")
     assert "refused the API key" in _refused_before_any_load(cli, keyed)
