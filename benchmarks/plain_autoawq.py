@@ -18,3 +18,6 @@ model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": 128,
                n_parallel_calib_samples=None)
 model.save_quantized(out_dir)
 tokenizer.save_pretrained(out_dir)
+import torch  # noqa: E402
+
+print(json.dumps({"peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}))

@@ -32,3 +32,6 @@ oneshot(model=model, dataset=data, recipe=recipe, max_seq_length=int(seq_len),
         num_calibration_samples=len(samples), shuffle_calibration_samples=False, pipeline="sequential")
 model.save_pretrained(out_dir, save_compressed=True)
 tokenizer.save_pretrained(out_dir)
+import torch  # noqa: E402
+
+print(json.dumps({"peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}))

@@ -36,18 +36,26 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default="gptq,awq")
+    parser.add_argument("--pairs", default="gptq,awq,autoawq",
+                        help="gptq / awq: llmprod vs plain llm-compressor; autoawq: llm-compressor AWQ vs AutoAWQ")
+    parser.add_argument("--shape", type=Path, help="a real config.json: its shapes with random weights")
+    parser.add_argument("--device", default="auto", help="passed to llmprod quantize (plain scripts use the GPU if any)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
 
     from llmprod.quantize.calibration import load_calibration
-    from llmprod.tinymodel import RANDOM, cached_tiny_model, corpus_split
+    from llmprod.tinymodel import RANDOM, build_shaped_model, cached_tiny_model, corpus_split
 
     # Random weights: quantization time and memory do not depend on what the weights say.
-    spec = replace(RANDOM, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-                   num_key_value_heads=4)
-    model = args.model or cached_tiny_model(args.work, spec)
+    if args.shape is not None:
+        model = args.work / f"shaped-{args.shape.stem}"
+        if not (model / "tiny-model.json").exists():
+            build_shaped_model(args.shape, model)
+    else:
+        spec = replace(RANDOM, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                       num_key_value_heads=4)
+        model = args.model or cached_tiny_model(args.work, spec)
     text = args.work / "calibration.txt"
     text.write_text(corpus_split()[0])
     calib = load_calibration(str(text), AutoTokenizer.from_pretrained(model), args.num_samples, args.seq_len, 0)
@@ -57,17 +65,21 @@ def main() -> None:
     def llmprod(method: str, fmt: str, out: Path) -> list[str]:
         return [sys.executable, "-m", "llmprod", "quantize", str(model), "--method", method, "--format", fmt,
                 "--output", str(out), "--dataset", str(text), "--num-samples", str(args.num_samples),
-                "--seq-len", str(args.seq_len), "--json"]
+                "--seq-len", str(args.seq_len), "--device", args.device, "--json"]
 
+    def plain(method: str):
+        return lambda out: [sys.executable, str(HERE / "plain_llmcompressor.py"), str(model), method, str(out),
+                            str(samples_file), str(args.seq_len)]
+
+    chosen = args.pairs.split(",")
     pairs = {}
-    for method in args.methods.split(","):
-        pairs[f"{method}: llmprod vs plain llm-compressor"] = (
-            lambda out, m=method: llmprod(m, "compressed-tensors", out),
-            lambda out, m=method: [sys.executable, str(HERE / "plain_llmcompressor.py"), str(model), m, str(out),
-                                   str(samples_file), str(args.seq_len)])
-    if "awq" in args.methods:
+    for method in ("gptq", "awq"):
+        if method in chosen:
+            pairs[f"{method}: llmprod vs plain llm-compressor"] = (
+                lambda out, m=method: llmprod(m, "compressed-tensors", out), plain(method))
+    if "autoawq" in chosen:
         pairs["awq: plain llm-compressor vs plain AutoAWQ"] = (
-            pairs["awq: llmprod vs plain llm-compressor"][1],
+            plain("awq"),
             lambda out: [sys.executable, str(HERE / "plain_autoawq.py"), str(model), str(out), str(samples_file),
                          str(args.seq_len)])
 
@@ -79,15 +91,38 @@ def main() -> None:
                 tmp = Path(tempfile.mkdtemp(dir=args.work))
                 try:
                     r = run_measured(make(tmp / "out"))
-                    runs[key].append({"seconds": r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"]})
+                    runs[key].append({"seconds": r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"],
+                                      "peak_gpu_bytes": _gpu_peak(r["stdout"])})
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-        a = {k: median([r[k] for r in runs["first"]]) for k in ("seconds", "peak_rss_bytes")}
-        b = {k: median([r[k] for r in runs["second"]]) for k in ("seconds", "peak_rss_bytes")}
+        keys = ("seconds", "peak_rss_bytes") + (("peak_gpu_bytes",) if runs["first"][0]["peak_gpu_bytes"] else ())
+        a = {k: median([r[k] for r in runs["first"]]) for k in keys}
+        b = {k: median([r[k] for r in runs["second"]]) for k in keys}
         results[name] = {"first": a, "second": b, "time_ratio": a["seconds"] / b["seconds"],
-                         "memory_ratio": a["peak_rss_bytes"] / b["peak_rss_bytes"], "runs": runs}
-        print(f"{name}: time x{results[name]['time_ratio']:.3f}, memory x{results[name]['memory_ratio']:.3f}",
+                         "host_memory_ratio": a["peak_rss_bytes"] / b["peak_rss_bytes"], "runs": runs}
+        if "peak_gpu_bytes" in a and b.get("peak_gpu_bytes"):
+            results[name]["gpu_memory_ratio"] = a["peak_gpu_bytes"] / b["peak_gpu_bytes"]
+        print(f"{name}: " + ", ".join(f"{k} x{v:.3f}" for k, v in results[name].items() if k.endswith("ratio")),
               flush=True)
+        _write(args, model, calib, results)  # after every pair: a stopped run keeps what it measured
+
+
+def _gpu_peak(stdout: str) -> int | None:
+    """Peak GPU bytes from the child's JSON: llmprod's whole result, or the plain scripts' last line."""
+    candidates = [stdout] + list(reversed(stdout.strip().splitlines()))
+    for text in candidates:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc.get("peak_gpu_memory_bytes") or doc.get("peak_gpu_bytes")
+    return None
+
+
+def _write(args, model, calib, results) -> None:
+    import platform
+
     report_file = Path(model) / "tiny-model.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
     out = {
