@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -53,7 +54,11 @@ async def run_bench(plan: BenchPlan, state: BenchState, on_request: Callable[[in
     import httpx
 
     limits = httpx.Limits(max_connections=max(plan.concurrency) + 4, max_keepalive_connections=max(plan.concurrency))
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0)) as client:
+    # TCP_NODELAY: a request's header and body go out as separate small writes; with Nagle's algorithm
+    # the body can wait for the server's delayed ACK (~40 ms), which would be measured as TTFT.
+    transport = httpx.AsyncHTTPTransport(limits=limits,
+                                         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0)) as client:
         models = await preflight(client, plan.target)
         if models and plan.target.model not in models:
             # Some servers list other models (transformers serve lists its cache): let the requests tell.

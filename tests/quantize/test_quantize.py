@@ -105,13 +105,15 @@ def test_interrupted_run_leaves_nothing_behind(trained_model_dir, calibration_fi
     out = tmp_path / "q"
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmprod", "quantize", str(trained_model_dir), "--method", "awq", "--format", "awq",
-         "--output", str(out), "--dataset", str(calibration_file), "--num-samples", "64", "--seq-len", "512"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+         "--output", str(out), "--dataset", str(calibration_file), "--num-samples", "128", "--seq-len", "512"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"},
+        # A background shell starts us with SIGINT ignored, which children inherit: restore the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".q.llmprod-tmp-") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    time.sleep(1.0)  # well inside calibration
+    time.sleep(0.3)  # inside calibration
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
