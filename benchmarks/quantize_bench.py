@@ -121,8 +121,6 @@ def _gpu_peak(stdout: str) -> int | None:
 
 
 def _write(args, model, calib, results) -> None:
-    import platform
-
     report_file = Path(model) / "tiny-model.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
     out = {

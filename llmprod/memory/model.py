@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmprod.errors import ConfigError, InputError, NotFoundError, OfflineError
+from llmprod.errors import ConfigError, NotFoundError, OfflineError
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
 _UNSIZABLE = ("mamba", "linear_attention", "conv", "recurrent", "ssm", "gated_delta")
@@ -259,8 +259,3 @@ def parameter_count(shape: ModelShape) -> int:
     total = sum(decoder_layer_params(shape, i).total for i in range(shape.num_layers))
     embed = shape.vocab_size * shape.hidden_size
     return total + embed * (1 if shape.tie_word_embeddings else 2) + shape.hidden_size
-
-
-def check_supported(shape: ModelShape) -> None:
-    if shape.num_kv_heads < 1 or shape.head_dim < 1:
-        raise InputError("config.json gives no attention heads", hint="is this a decoder-only language model?")

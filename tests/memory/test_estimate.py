@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llmprod.errors import ConfigError, InputError
+from llmprod.errors import ConfigError
 from llmprod.memory.kvcache import pp_layer_counts
 from llmprod.memory.model import model_shape
 from llmprod.memory.plan import MemorySpec, estimate
