@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmprod.errors import InputError, NotFoundError
+from llmprod.jsonl import read_jsonl
 
 # Common English words: synthetic prompts read as text, so tokenizers split them typically.
 _WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
@@ -90,13 +90,7 @@ def file_prompts(path: Path) -> list[Prompt]:
         prompts = [Prompt(text=line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif path.suffix == ".jsonl":
         prompts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        for lineno, row in read_jsonl(path):
             if isinstance(row, dict) and isinstance(row.get("messages"), list):
                 prompts.append(Prompt(messages=row["messages"]))
             elif isinstance(row, dict) and isinstance(row.get("prompt") or row.get("text"), str):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmprod.errors import InputError, NotFoundError, OfflineError, require
+from llmprod.jsonl import read_jsonl
 from llmprod.modelio import hub_offline
 
 
@@ -59,19 +59,10 @@ def load_eval_text(source: str) -> EvalText:
 
 def _jsonl_texts(path: Path) -> list[str]:
     texts = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})",
-                                 hint="each line of a .jsonl file is one JSON object") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise InputError(f"{path}:{lineno}: no string 'text' field",
-                                 hint='each line needs {"text": "..."}')
-            texts.append(row["text"])
+    for lineno, row in read_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise InputError(f"{path}:{lineno}: no string 'text' field", hint='each line needs {"text": "..."}')
+        texts.append(row["text"])
     return texts
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llmprod.errors import InputError, NotFoundError, OfflineError, require
+from llmprod.jsonl import read_jsonl
 from llmprod.modelio import hub_offline
 
 
@@ -113,16 +114,7 @@ def _file_records(path: Path) -> tuple[str, list[Any]]:
     if path.suffix == ".txt":
         return "joined", [path.read_text(encoding="utf-8")]
     if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})",
-                                         hint="each line of a .jsonl file is one JSON object") from exc
-        return _records_from_rows(rows, str(path))
+        return _records_from_rows([row for _, row in read_jsonl(path)], str(path))
     pq = require("pyarrow.parquet", "quantize")
     return _records_from_rows(pq.read_table(path).to_pylist(), str(path))
 
