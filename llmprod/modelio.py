@@ -94,10 +94,11 @@ def pick_dtype(requested: str, device: str, config: Any):
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
-def quiet_backends(verbose: bool = False) -> None:
-    """Keep transformers' and the hub's own progress bars and info logs off our stderr unless --verbose."""
-    if verbose:
-        return
+def quiet_backends() -> None:
+    """Keep transformers' and the hub's own progress bars and info logs off our stderr.
+
+    (--verbose is honoured one level up, by libraryoutput.library_output.)
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # compressed-tensors' "Decompressing model" bars
     transformers = require("transformers", "model")
