@@ -2,15 +2,78 @@
 
 from __future__ import annotations
 
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
 from llmprod.cli.options import JsonOpt
-from llmprod.cli.pending import CONTEXT, not_available
-from llmprod.cli.runner import command_output
 
-EXAMPLE = "Example: [bold]llmprod serve llama-awq --guardrails recipes/guardrails/default.yaml --port 8000[/bold]"
-__all__ = ["CONTEXT", "EXAMPLE", "serve"]
+EXAMPLE = ("Example: [bold]llmprod serve ./llama-gptq --guardrails recipes/guardrails/default.yaml --port 8000 "
+           "-- --enable-prefix-caching[/bold]")
+# Arguments after `--` go to the engine unchanged.
+CONTEXT = {"allow_extra_args": True}
 
 
-def serve(json_output: JsonOpt = False) -> None:
+class Engine(str, Enum):
+    auto = "auto"
+    vllm = "vllm"
+    transformers = "transformers"
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(help="Hub id or local directory to serve (omit with --upstream).",
+                                                   show_default=False)] = None,
+    engine: Annotated[Engine, typer.Option("--engine", help="auto: vLLM when it and a GPU are present, else the "
+                                           "embedded transformers engine.")] = Engine.auto,
+    upstream: Annotated[Optional[str], typer.Option("--upstream", help="Front an OpenAI-compatible engine that is "
+                                                    "already running; start none.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address the gateway binds (loopback unless you say so).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Gateway port.")] = 8000,
+    guardrails: Annotated[Optional[str], typer.Option("--guardrails", help="Policy file or bundled policy name "
+                                                      "(default: recipes/guardrails/default.yaml).")] = None,
+    no_guardrails: Annotated[bool, typer.Option("--no-guardrails", help="Check nothing.")] = False,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", help="Bearer key clients must send (or LLMPROD_API_KEY).")] = None,
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="Requests in flight before 429.")] = 256,
+    max_body_size: Annotated[str, typer.Option("--max-body-size", help="Largest request body, e.g. 4MiB.")] = "4MiB",
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds the engine may stay silent "
+                                                   "before 504.")] = 600.0,
+    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", help="vLLM: context length.")] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization",
+                                                                    help="vLLM: fraction of GPU memory to use.")] = None,
+    kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="vLLM: e.g. fp8.")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", help="vLLM: GPUs per replica.")] = None,
+    vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The `vllm` executable of vLLM's own environment.")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients use "
+                                                             "(default: MODEL as given).")] = None,
+    engine_timeout: Annotated[float, typer.Option("--engine-timeout", help="Seconds to wait for the engine's /health.")] = 900.0,
+    grace_period: Annotated[float, typer.Option("--grace-period", help="Seconds in-flight requests get at shutdown.")] = 30.0,
+    engine_log: Annotated[Optional[Path], typer.Option("--engine-log", help="Where the engine's output goes.")] = None,
+    json_output: JsonOpt = False,
+) -> None:
     """Serve a model with vLLM or the embedded engine behind a guarded OpenAI-compatible gateway."""
-    with command_output(json_output):
-        raise not_available("serve")
+    from llmprod.cli.runner import command_output
+
+    with command_output(json_output) as out:
+        from llmprod.memory.sizes import parse_size
+        from llmprod.serve.engines import EngineOptions
+        from llmprod.serve.run import ServeSpec, run_serve
+
+        if no_guardrails and guardrails:
+            from llmprod.errors import InputError
+
+            raise InputError("--guardrails and --no-guardrails contradict each other", hint="keep one")
+        options = EngineOptions(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                                kv_cache_dtype=kv_cache_dtype, tensor_parallel_size=tensor_parallel_size,
+                                extra_args=tuple(ctx.args))
+        spec = ServeSpec(model=model, engine=engine.value, upstream=upstream, host=host, port=port,
+                         guardrails=guardrails, no_guardrails=no_guardrails,
+                         api_key=api_key or os.environ.get("LLMPROD_API_KEY") or None,
+                         max_concurrency=max_concurrency, max_body_size=parse_size(max_body_size, "--max-body-size"),
+                         request_timeout=request_timeout, served_model_name=served_model_name,
+                         engine_options=options, vllm_bin=vllm_bin, engine_timeout=engine_timeout,
+                         grace_period=grace_period, engine_log=engine_log)
+        run_serve(spec, out)

@@ -1,0 +1,298 @@
+"""The engine process behind the gateway: which one, its command line, start, readiness, supervision, stop.
+
+vLLM is launched as a process (`vllm serve`), never imported: it lives in its own environment, since its
+pins of torch, transformers and compressed-tensors conflict with llm-compressor's. The embedded engine is
+`transformers serve --continuous-batching`, started with this interpreter. Either one binds 127.0.0.1 on
+a free port; only the gateway is exposed. Each engine gets its own session (process group), so stopping
+it stops every process it spawned (vLLM's engine core and workers included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from llmprod.errors import InputError, OperationFailed
+
+ENGINES = ("auto", "vllm", "transformers")
+# Options that only mean something to vLLM: refused with the embedded engine instead of silently ignored.
+VLLM_ONLY = ("max_model_len", "gpu_memory_utilization", "kv_cache_dtype", "tensor_parallel_size")
+
+
+class EngineFailed(OperationFailed):
+    """The engine did not become ready (exited, or timed out); the message names its log file."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_dtype: str | None = None
+    tensor_parallel_size: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    kind: str  # "vllm" | "transformers"
+    argv: tuple[str, ...]
+    port: int
+    model_id: str  # the `model` the engine expects in requests
+    reason: str  # why this engine was chosen (said at start-up)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def find_vllm(vllm_bin: str | None) -> str | None:
+    if vllm_bin:
+        path = Path(vllm_bin).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise InputError(f"--vllm-bin {vllm_bin} is not an executable file",
+                             hint="point it at the `vllm` script of the environment vLLM is installed in")
+        return str(path)
+    return shutil.which("vllm")
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_engine(requested: str, vllm_path: str | None, has_gpu: bool) -> tuple[str, str]:
+    """(engine, why) for --engine auto|vllm|transformers."""
+    if requested == "vllm":
+        if vllm_path is None:
+            raise InputError("--engine vllm: no `vllm` on PATH",
+                             hint="install vLLM in its own environment and pass --vllm-bin /path/to/venv/bin/vllm")
+        return "vllm", "asked for with --engine vllm"
+    if requested == "transformers":
+        return "transformers", "asked for with --engine transformers"
+    if vllm_path is None:
+        return "transformers", "vLLM was not found (no `vllm` on PATH, no --vllm-bin)"
+    if not has_gpu:
+        return "transformers", f"vLLM was found ({vllm_path}) but no GPU is visible"
+    return "vllm", f"vLLM found at {vllm_path} and a GPU is visible"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def vllm_command(vllm_path: str, model: str, served_name: str, port: int, options: EngineOptions,
+                 reason: str) -> EngineCommand:
+    # Quantization is not passed: vLLM reads `quantization_config` from the checkpoint and picks its
+    # kernel (Marlin / Machete for compressed-tensors W4A16, awq_marlin for AWQ GEMM).
+    argv = [vllm_path, "serve", model, "--host", "127.0.0.1", "--port", str(port),
+            "--served-model-name", served_name]
+    flags = {"max_model_len": "--max-model-len", "gpu_memory_utilization": "--gpu-memory-utilization",
+             "kv_cache_dtype": "--kv-cache-dtype", "tensor_parallel_size": "--tensor-parallel-size"}
+    for name, flag in flags.items():
+        value = getattr(options, name)
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += list(options.extra_args)
+    return EngineCommand("vllm", tuple(argv), port, served_name, reason)
+
+
+def transformers_command(model: str, port: int, options: EngineOptions, reason: str,
+                         cache_dir: Path | None = None) -> EngineCommand:
+    given = [name.replace("_", "-") for name in VLLM_ONLY if getattr(options, name) is not None]
+    if given:
+        raise InputError(f"--{', --'.join(given)} only apply to the vLLM engine",
+                         hint="drop them, or serve with --engine vllm (pass embedded-engine flags after --)")
+    argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", model, "--host", "127.0.0.1",
+            "--port", str(port), "--continuous-batching", "--log-level", "warning", *options.extra_args]
+    env = {}
+    if cache_dir is not None:
+        # transformers serve lists its hub cache on /v1/models and fails when the directory is missing.
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        env["HF_HUB_CACHE"] = str(cache_dir)
+    return EngineCommand("transformers", tuple(argv), port, model, reason, env)
+
+
+class EngineProcess:
+    """One engine, in its own process group, its output appended to `log_path`."""
+
+    def __init__(self, command: EngineCommand, log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.command.env}
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== llmprod: starting {self.command.kind} engine: {' '.join(self.command.argv)}\n".encode())
+            log.flush()
+            try:
+                self.proc = subprocess.Popen(self.command.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            except OSError as exc:
+                raise EngineFailed(f"could not start the {self.command.kind} engine: {exc}",
+                                   hint=f"see {self.log_path}") from exc
+        self.starts += 1
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    async def wait_ready(self, timeout: float, client) -> None:
+        """Poll /health until it answers 200; the engine exiting or the timeout raise EngineFailed."""
+        deadline = time.monotonic() + timeout
+        url = f"{self.command.base_url}/health"
+        while True:
+            code = self.exit_code()
+            if code is not None:
+                raise EngineFailed(f"the {self.command.kind} engine exited with code {code} before it was ready",
+                                   hint=f"its log is {self.log_path}: {last_line(self.log_path)}")
+            try:
+                response = await client.get(url, timeout=2.0)
+                if response.status_code == 200:
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EngineFailed(f"the {self.command.kind} engine was not ready after {timeout:.0f} s",
+                                   hint=f"its log is {self.log_path}; raise --engine-timeout for large models")
+            await asyncio.sleep(0.25)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the engine's whole process group, then SIGKILL what is left after `grace` seconds."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(pgid, signal.SIGKILL)
+            self.proc.wait()
+        # Children that outlived the leader (workers) are still in the group.
+        deadline = time.monotonic() + grace
+        while _group_exists(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def last_line(path: Path, limit: int = 200) -> str:
+    """The log's last non-empty line, for error messages (the whole log stays on disk)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            lines = [line.strip() for line in fh.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:limit] if lines else "(empty log)"
+
+
+@dataclass
+class UpstreamState:
+    """Whether requests can go upstream now; the supervisor and /health keep it current."""
+
+    base_url: str
+    supervised: bool
+    up: bool = True
+    reason: str = ""
+
+    def mark_down(self, reason: str) -> None:
+        self.up, self.reason = False, reason
+
+    def mark_up(self) -> None:
+        self.up, self.reason = True, ""
+
+
+class Supervisor:
+    """Restarts a dead engine with exponential backoff; requests get 503 meanwhile."""
+
+    BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+    def __init__(self, engine: EngineProcess, state: UpstreamState, ready_timeout: float,
+                 on_event: Callable[[str], None], on_restart: Callable[[], None] | None = None,
+                 backoff: tuple[float, ...] | None = None) -> None:
+        self.engine = engine
+        self.state = state
+        self.ready_timeout = ready_timeout
+        self.on_event = on_event
+        self.on_restart = on_restart or (lambda: None)
+        self.backoff = backoff or self.BACKOFF
+        self.stopping = False
+
+    async def run(self, client) -> None:
+        failures = 0
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            if self.engine.alive():
+                if not self.state.up and await self._healthy(client):
+                    self.state.mark_up()  # a transient failure marked it down; it answers again
+                continue
+            if self.stopping:
+                return
+            code = self.engine.exit_code()
+            self.state.mark_down(f"the engine exited (code {code}) and is being restarted")
+            delay = self.backoff[min(failures, len(self.backoff) - 1)]
+            self.on_event(f"the {self.engine.command.kind} engine exited with code {code}; "
+                          f"restarting in {delay:.0f} s (log: {self.engine.log_path})")
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            try:
+                self.engine.start()
+                await self.engine.wait_ready(self.ready_timeout, client)
+            except EngineFailed as exc:
+                failures += 1
+                self.on_event(f"restart failed: {exc.one_line()}")
+                continue
+            failures = 0
+            self.on_restart()
+            self.state.mark_up()
+            self.on_event(f"the {self.engine.command.kind} engine is back (pid {self.engine.pid})")
+
+    async def _healthy(self, client) -> bool:
+        try:
+            response = await client.get(f"{self.engine.command.base_url}/health", timeout=2.0)
+        except Exception:  # noqa: BLE001
+            return False
+        return response.status_code == 200

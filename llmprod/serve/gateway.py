@@ -1,0 +1,638 @@
+"""The gateway: an ASGI app in front of one OpenAI-compatible upstream.
+
+auth → limits → input guardrails → upstream (one pooled async client) → output guardrails → client,
+measuring TTFT, inter-token latency, end-to-end latency and tokens at the gateway.
+
+Streams are forwarded event by event. Without output checks the upstream's bytes go through unchanged
+(parsed only to time them and to read the usage chunk); with output checks each text delta passes the
+guard's incremental scanner and the chunk is re-encoded with what may be sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from llmprod.serve import sse
+from llmprod.serve.engines import UpstreamState
+from llmprod.serve.guardrails.types import Decision, Guard
+from llmprod.serve.metrics import GatewayMetrics
+
+ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    api_key: str | None = None
+    max_concurrency: int = 256
+    max_body_size: int = 4 * 1024 * 1024
+    request_timeout: float = 600.0
+    # Names clients may ask for → the name the upstream expects. None: pass `model` through (--upstream).
+    models: dict[str, str] | None = None
+
+
+class GatewayError(Exception):
+    """An answer in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": None}}
+
+    def response(self):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def bad_request(message: str, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code)
+
+
+def unavailable(message: str) -> GatewayError:
+    return GatewayError(503, message, "service_unavailable", "engine_unavailable", {"Retry-After": "2"})
+
+
+class Gateway:
+    def __init__(self, upstream: UpstreamState, config: GatewayConfig, guard: Guard | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
+        self.upstream = upstream
+        self.config = config
+        self.guard = guard
+        self.metrics = metrics or GatewayMetrics()
+        self.in_flight = 0
+        self.client = None  # httpx.AsyncClient, opened in the app's lifespan
+        self._api_key = config.api_key.encode() if config.api_key else None
+        self.app = self._build_app()
+
+    # -- app ----------------------------------------------------------------------------------------------
+    def _build_app(self):
+        from contextlib import asynccontextmanager
+
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        @asynccontextmanager
+        async def lifespan(_app):
+            import httpx
+
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(64, self.config.max_concurrency))
+            timeout = httpx.Timeout(self.config.request_timeout, connect=10.0)
+            async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+                self.client = client
+                yield
+            self.client = None
+
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/chat/completions", self.generate, methods=["POST"]),
+            Route("/v1/completions", self.generate, methods=["POST"]),
+            Route("/v1/{rest:path}", self.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        ]
+        return Starlette(routes=routes, lifespan=lifespan,
+                         exception_handlers={GatewayError: lambda _r, exc: exc.response()})
+
+    # -- open routes ----------------------------------------------------------------------------------------
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        engine = await self._engine_health()
+        body = {"status": "ok" if engine["status"] == "ok" else "unavailable", "gateway": "ok", "engine": engine}
+        return JSONResponse(body, status_code=200 if engine["status"] == "ok" else 503)
+
+    async def _engine_health(self) -> dict:
+        if self.upstream.supervised and not self.upstream.up:
+            return {"status": "down", "reason": self.upstream.reason}
+        try:
+            response = await self.client.get(f"{self.upstream.base_url}/health", timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - any transport failure means "down"
+            return {"status": "down", "reason": f"{type(exc).__name__} reaching {self.upstream.base_url}"}
+        if response.status_code != 200:
+            return {"status": "down", "reason": f"/health answered HTTP {response.status_code}"}
+        return {"status": "ok"}
+
+    async def metrics_endpoint(self, request):
+        from starlette.responses import Response
+
+        self.metrics.engine_up.set(1 if self.upstream.up else 0)
+        payload, content_type = self.metrics.render()
+        return Response(payload, media_type=content_type)
+
+    # -- /v1 ------------------------------------------------------------------------------------------------
+    def _authorize(self, request) -> None:
+        if self._api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key):
+            raise GatewayError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                               "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+    async def not_found(self, request):
+        self._authorize(request)
+        raise GatewayError(404, f"{request.method} {request.url.path} is not served here "
+                           "(routes: /v1/chat/completions, /v1/completions, /v1/models)",
+                           "invalid_request_error", "unknown_url")
+
+    async def models(self, request):
+        from starlette.responses import JSONResponse
+
+        self._authorize(request)
+        if self.config.models is not None:
+            data = [{"id": name, "object": "model", "created": 0, "owned_by": "llmprod"} for name in self.config.models]
+            return JSONResponse({"object": "list", "data": data})
+        response = await self._upstream_call("GET", "/v1/models", None)
+        return self._passthrough(response)
+
+    async def generate(self, request):
+        route = ROUTES[request.url.path]
+        arrived = time.perf_counter()
+        status, holds_slot, streaming = 500, False, False
+        try:
+            self._authorize(request)
+            if self.in_flight >= self.config.max_concurrency:
+                raise GatewayError(429, f"the gateway is at --max-concurrency ({self.config.max_concurrency}); "
+                                   "retry after the Retry-After delay", "rate_limit_error", "too_many_requests",
+                                   {"Retry-After": "1"})
+            self.in_flight += 1
+            self.metrics.in_flight.inc()
+            holds_slot = True
+            body = await self._read_json(request)
+            payload, context = await self._prepare(route, body)
+            if payload.get("stream"):
+                response = await self._stream(route, payload, context, arrived)
+                streaming = True  # the stream counts itself and releases the slot when it ends
+                return response
+            response = await self._complete(route, payload, context, arrived)
+            status = response.status_code
+            return response
+        except GatewayError as exc:
+            status = exc.status
+            return exc.response()
+        finally:
+            if not streaming:
+                if holds_slot:
+                    self._release()
+                self.metrics.requests.labels(route, str(status)).inc()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    async def _read_json(self, request) -> dict:
+        limit = self.config.max_body_size
+        declared = request.headers.get("content-length")
+        too_large = GatewayError(413, f"the request body is larger than --max-body-size ({limit} bytes)",
+                                 "invalid_request_error", "request_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        return body
+
+    async def _prepare(self, route: str, body: dict) -> tuple[dict, str]:
+        """Validate, check input guardrails, map the model name. Returns (payload for upstream, context)."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise bad_request("`model` is required (a string; GET /v1/models lists them)", "missing_model")
+        if self.config.models is not None:
+            if model not in self.config.models:
+                raise GatewayError(404, f"model {model!r} is not served here; available: "
+                                   f"{', '.join(self.config.models)}", "invalid_request_error", "model_not_found")
+            body["model"] = self.config.models[model]
+        if "stream" in body and not isinstance(body["stream"], bool):
+            raise bad_request("`stream` must be true or false")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                                       or max_tokens < 1):
+            raise bad_request("`max_tokens` must be a positive integer")
+        texts = _input_texts(route, body)
+        if not self.upstream.up:
+            raise unavailable(f"the engine is not available: {self.upstream.reason}")
+        context = texts.user_context()
+        if self.guard is not None and self.guard.has_input_checks:
+            if texts.opaque:
+                raise bad_request("token-id prompts cannot be checked by the input guardrails; send text")
+            started = time.perf_counter()
+            decision = await self.guard.check_input(texts.values)
+            self._observe_guard("input", decision, time.perf_counter() - started)
+            if decision.blocked:
+                raise GatewayError(400, "the request was blocked by the input guardrails (categories: "
+                                   f"{', '.join(decision.categories)})", "invalid_request_error",
+                                   "content_policy_violation")
+            if decision.texts != texts.values:
+                texts.write_back(decision.texts)
+                context = texts.user_context()
+        return body, context
+
+    def _observe_guard(self, stage: str, decision: Decision, seconds: float) -> None:
+        self.metrics.guard_latency.labels(stage, "policy").observe(seconds)
+        for finding in decision.findings:
+            self.metrics.guard_verdicts.labels(stage, finding.check, finding.category, finding.action).inc()
+
+    # -- upstream -------------------------------------------------------------------------------------------
+    def _upstream_error(self, exc: Exception) -> GatewayError:
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            return GatewayError(504, f"the engine did not answer within --request-timeout "
+                                f"({self.config.request_timeout:g} s)", "timeout", "upstream_timeout")
+        if isinstance(exc, httpx.HTTPError):
+            if self.upstream.supervised:
+                self.upstream.mark_down("the engine stopped answering")
+            return unavailable(f"the engine is not reachable ({type(exc).__name__})")
+        raise exc
+
+    async def _upstream_call(self, method: str, path: str, payload: dict | None):
+        try:
+            return await self.client.request(method, f"{self.upstream.base_url}{path}", json=payload)
+        except Exception as exc:  # noqa: BLE001 - mapped to 503/504, anything else re-raised
+            raise self._upstream_error(exc) from None
+
+    def _passthrough(self, response):
+        """An upstream answer as-is when it is OK; errors re-shaped into OpenAI's error object."""
+        from starlette.responses import JSONResponse, Response
+
+        if response.status_code == 200:
+            return Response(response.content, status_code=200,
+                            media_type=response.headers.get("content-type", "application/json"))
+        return JSONResponse(_error_body(response.status_code, response.content), status_code=response.status_code)
+
+    async def _complete(self, route: str, payload: dict, context: str, arrived: float):
+        from starlette.responses import JSONResponse
+
+        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+        response = await self._upstream_call("POST", path, payload)
+        if response.status_code != 200:
+            answer = self._passthrough(response)
+        else:
+            try:
+                data = response.json()
+            except ValueError:
+                raise GatewayError(502, "the engine answered with something that is not JSON",
+                                   "upstream_error", "bad_upstream_response") from None
+            self._count_usage(route, data.get("usage"))
+            if self.guard is not None and self.guard.has_output_checks:
+                await self._guard_completion(route, data, context)
+            answer = JSONResponse(data)
+        if answer.status_code == 200:
+            self.metrics.e2e.labels(route).observe(time.perf_counter() - arrived)
+        return answer
+
+    async def _guard_completion(self, route: str, data: dict, context: str) -> None:
+        for choice in data.get("choices") or ():
+            holder = choice.get("message") or {} if route == "chat" else choice
+            key = "content" if route == "chat" else "text"
+            text = holder.get(key)
+            if not isinstance(text, str) or not text:
+                continue
+            started = time.perf_counter()
+            decision = await self.guard.check_output(text, context)
+            self._observe_guard("output", decision, time.perf_counter() - started)
+            if decision.blocked:
+                holder[key] = ""
+                choice["finish_reason"] = "content_filter"
+            else:
+                holder[key] = decision.texts[0]
+
+    def _count_usage(self, route: str, usage: Any) -> int | None:
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            self.metrics.prompt_tokens.labels(route).inc(prompt)
+        if isinstance(completion, int):
+            self.metrics.output_tokens.labels(route).inc(completion)
+            return completion
+        return None
+
+    async def _stream(self, route: str, payload: dict, context: str, arrived: float):
+        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+        options = payload.get("stream_options")
+        client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        request = self.client.build_request("POST", f"{self.upstream.base_url}{path}", json=payload)
+        try:
+            upstream = await self.client.send(request, stream=True)
+        except Exception as exc:  # noqa: BLE001
+            raise self._upstream_error(exc) from None
+        if upstream.status_code != 200:
+            content = await upstream.aread()
+            await upstream.aclose()
+            raise GatewayError(upstream.status_code, **_error_fields(upstream.status_code, content))
+        guarded = self.guard is not None and self.guard.has_output_checks
+        relay = StreamRelay(self, route, upstream, client_wants_usage, arrived,
+                            self.guard.output_stream(context) if guarded else None)
+        return CancellingStream(relay.run(), on_close=relay.close, media_type="text/event-stream",
+                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class StreamRelay:
+    """Forwards one upstream SSE stream to the client, timing it and applying the output guard."""
+
+    def __init__(self, gateway: Gateway, route: str, upstream, client_wants_usage: bool, arrived: float,
+                 scanner) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.upstream = upstream
+        self.client_wants_usage = client_wants_usage
+        self.arrived = arrived
+        self.scanner = scanner
+        self.chat = route == "chat"
+        self.first_text_at: float | None = None
+        self.last_text_at: float | None = None
+        self.output_tokens: int | None = None
+        self.status = "200"
+        self.closed = False
+
+    def _sent_text(self) -> None:
+        now = time.perf_counter()
+        metrics = self.gateway.metrics
+        if self.first_text_at is None:
+            self.first_text_at = now
+            metrics.ttft.labels(self.route).observe(now - self.arrived)
+        else:
+            metrics.itl.labels(self.route).observe(now - self.last_text_at)
+        self.last_text_at = now
+
+    async def run(self) -> AsyncIterator[bytes]:
+        import httpx
+
+        try:
+            async for event in sse.events(self.upstream.aiter_raw()):
+                data = sse.data_of(event)
+                if data is None:
+                    yield event
+                    continue
+                if data.strip() == sse.DONE:
+                    if self.scanner is not None:
+                        async for out in self._flush():
+                            yield out
+                    yield event
+                    continue
+                if sse.has_usage(data):
+                    payload = json.loads(data)
+                    usage = payload.get("usage")
+                    if usage:
+                        self.output_tokens = self.gateway._count_usage(self.route, usage)
+                    if not payload.get("choices"):
+                        # The usage-only chunk: the client gets it only if it asked for it.
+                        if self.client_wants_usage:
+                            yield event
+                        continue
+                    if not self.client_wants_usage:
+                        payload.pop("usage", None)
+                        event = sse.encode(payload)
+                if self.scanner is None:
+                    if sse.has_text(data):
+                        self._sent_text()
+                    yield event
+                    continue
+                async for out in self._guarded(data):
+                    yield out
+                if self.closed:
+                    return
+        except httpx.TimeoutException:
+            self.status = "504"
+            yield sse.encode(GatewayError(504, "the engine stopped sending within --request-timeout",
+                                          "timeout", "upstream_timeout").body())
+        except httpx.HTTPError as exc:
+            self.status = "502"
+            yield sse.encode(GatewayError(502, f"the engine's stream broke off ({type(exc).__name__})",
+                                          "upstream_error", "upstream_stream_error").body())
+
+    async def _guarded(self, data: bytes) -> AsyncIterator[bytes]:
+        payload = json.loads(data)
+        choices = payload.get("choices") or []
+        text = sse.chunk_text(payload, self.chat)
+        finish = next((c.get("finish_reason") for c in choices if c.get("finish_reason")), None)
+        step = await self.scanner.feed(text) if text else None
+        emit = step.text if step else ""
+        if step is not None and step.blocked:
+            async for out in self._block(payload, emit):
+                yield out
+            return
+        if finish is not None:
+            tail = await self.scanner.finish()
+            if tail.blocked:
+                async for out in self._block(payload, emit + tail.text):
+                    yield out
+                return
+            emit += tail.text
+        if text or emit:
+            _set_text(payload, emit, self.chat)
+        if emit:
+            self._sent_text()
+        if emit or finish is not None or not text:
+            yield sse.encode(payload)
+
+    async def _flush(self) -> AsyncIterator[bytes]:
+        """At [DONE] without a finish chunk: whatever the scanner still holds back."""
+        tail = await self.scanner.finish()
+        if tail.text or tail.blocked:
+            payload = {"object": "chat.completion.chunk" if self.chat else "text_completion",
+                       "choices": [{"index": 0, "delta": {"content": tail.text}} if self.chat
+                                   else {"index": 0, "text": tail.text}]}
+            if tail.blocked:
+                _set_finish(payload, "content_filter")
+            elif tail.text:
+                self._sent_text()
+            yield sse.encode(payload)
+
+    async def _block(self, payload: dict, emit: str) -> AsyncIterator[bytes]:
+        """End the stream: what was safe to send, then finish_reason content_filter, then [DONE]."""
+        _set_text(payload, emit, self.chat)
+        _set_finish(payload, "content_filter")
+        payload.pop("usage", None)
+        if emit:
+            self._sent_text()
+        self.status = "200"
+        yield sse.encode(payload)
+        yield b"data: [DONE]\n\n"
+        self.closed = True
+        await self.upstream.aclose()  # cancels the generation upstream
+
+    async def close(self, completed: bool) -> None:
+        """Called once when the response ends for any reason (done, client gone, error)."""
+        await self.upstream.aclose()
+        gateway = self.gateway
+        status = self.status if completed else "499"  # nginx's "client closed request"
+        gateway.metrics.requests.labels(self.route, status).inc()
+        if completed:
+            gateway.metrics.e2e.labels(self.route).observe(time.perf_counter() - self.arrived)
+        gateway._release()
+
+
+def _set_text(payload: dict, text: str, chat: bool) -> None:
+    for i, choice in enumerate(payload.get("choices") or ()):
+        value = text if i == 0 else ""
+        if chat:
+            choice.setdefault("delta", {})["content"] = value
+        else:
+            choice["text"] = value
+
+
+def _set_finish(payload: dict, reason: str) -> None:
+    for choice in payload.get("choices") or ():
+        choice["finish_reason"] = reason
+
+
+class CancellingStream:
+    """A streaming ASGI response that notices the client leaving at once, not at the next write.
+
+    The body iterator runs beside a listener for `http.disconnect`; whichever ends first cancels the
+    other. `on_close(completed)` always runs, which closes the upstream response: the engine sees its
+    connection drop and aborts the generation.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], on_close, media_type: str, headers: dict[str, str]) -> None:
+        self.body = body
+        self.on_close = on_close
+        self.headers = [(b"content-type", media_type.encode())] + [
+            (k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        completed = False
+        sender = asyncio.ensure_future(self._send_all(send))
+        listener = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:
+                sender.result()  # re-raise a failure of the body
+                completed = True
+        finally:
+            for task in (sender, listener):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(sender, listener, return_exceptions=True)
+            await self.on_close(completed)
+
+    async def _send_all(self, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        try:
+            async for chunk in self.body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            aclose = getattr(self.body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _error_fields(status: int, content: bytes) -> dict:
+    error = _error_body(status, content)["error"]
+    return {"message": error["message"], "type_": error["type"], "code": error["code"]}
+
+
+def _error_body(status: int, content: bytes) -> dict:
+    """The upstream's error in OpenAI's shape, whatever shape it came in."""
+    message, type_, code = None, "upstream_error", f"upstream_http_{status}"
+    try:
+        data = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail"))
+        if isinstance(error, dict):
+            message = error.get("message")
+            type_ = error.get("type") or type_
+            code = error.get("code") or code
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(data.get("message"), str):
+            message = data["message"]
+    if not message:
+        message = f"the engine answered HTTP {status}"
+    if 400 <= status < 500 and type_ == "upstream_error":
+        type_ = "invalid_request_error"
+    return {"error": {"message": str(message), "type": str(type_), "code": str(code), "param": None}}
+
+
+class _Texts:
+    """The checkable texts of a request, and how to write redacted versions back."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._setters: list = []
+        self.roles: list[str] = []
+        self.opaque = False
+
+    def add(self, text: str, role: str, setter) -> None:
+        self.values.append(text)
+        self.roles.append(role)
+        self._setters.append(setter)
+
+    def write_back(self, texts: list[str]) -> None:
+        for setter, old, new in zip(self._setters, self.values, texts):
+            if old != new:
+                setter(new)
+        self.values = list(texts)
+
+    def user_context(self) -> str:
+        users = [t for t, r in zip(self.values, self.roles) if r == "user"]
+        return users[-1] if users else ""
+
+
+def _input_texts(route: str, body: dict) -> _Texts:
+    """Validate the request's text fields and collect the ones the input checks see.
+
+    Chat: user and tool messages (the untrusted parts; the system prompt is the operator's and assistant
+    turns were checked on the way out). Completions: the prompt.
+    """
+    texts = _Texts()
+    if route == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("`messages` must be a non-empty list of {role, content} objects", "invalid_messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise bad_request(f"messages[{i}] must be an object with a `role`", "invalid_messages")
+            role, content = message["role"], message.get("content")
+            if role not in ("user", "tool"):
+                continue
+            if isinstance(content, str):
+                texts.add(content, role, lambda new, m=message: m.__setitem__("content", new))
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                        texts.add(part["text"], role, lambda new, p=part: p.__setitem__("text", new))
+            elif content is not None:
+                raise bad_request(f"messages[{i}].content must be a string or a list of parts", "invalid_messages")
+        return texts
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        texts.add(prompt, "user", lambda new: body.__setitem__("prompt", new))
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        for i, item in enumerate(prompt):
+            texts.add(item, "user", lambda new, i=i: prompt.__setitem__(i, new))
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, (int, list)) for p in prompt):
+        texts.opaque = True  # token ids
+    else:
+        raise bad_request("`prompt` must be a string or a list of strings", "invalid_prompt")
+    return texts

@@ -1,0 +1,158 @@
+"""Incremental output scanning with a hold-back window.
+
+Generated text arrives a few characters at a time. The scanner keeps only the *pending* text (received,
+not yet sent) and releases a prefix of it once no match can still grow into that prefix:
+
+- "token" patterns (e-mails, card numbers, keys) consist of non-blank characters, digit groups split by
+  single spaces at most, so a match still growing lies inside the trailing run of such characters;
+- "keyword" patterns start at a trigger word ("secret", "-----BEGIN") and are at most `max_len` long, so
+  the text from the last trigger within `max_len` of the end is held;
+- "window" patterns (phrases, custom regexes) can be anything up to `max_len` long: the last
+  `max_len - 1` characters are held.
+
+A match found inside the releasable prefix is redacted there; a match that straddles the boundary moves
+the boundary back to its start. Each feed scans only the pending text, whose length is bounded by the
+hold-back window plus the new text, so the total work is linear in the output length.
+
+Model checks (Llama Guard) run on the whole output every `every_tokens` chunks and at the end; the text
+between two such checks is not held for them (that would add their latency to every token), so a block
+from a model check ends the stream at the point where it was detected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from llmprod.serve.guardrails.types import StreamStep
+
+MAX_TOKEN_RUN = 512  # a single non-blank run longer than this is released (no pattern of ours is longer)
+LEFT_CONTEXT = 64  # released characters kept as context, so "api_key" sent earlier still anchors " = '...'"
+
+
+def _tail_run_start(text: str, limit: int) -> int:
+    """Start of the trailing run of non-blank characters (digit groups may be split by one space)."""
+    i = len(text)
+    lower = max(0, len(text) - limit)
+    while i > lower:
+        ch = text[i - 1]
+        if not ch.isspace():
+            i -= 1
+            continue
+        # "4111 1111" / "+1 415 555" / "GB82 WEST": a single space between two alphanumerics of a group
+        if ch == " " and i >= 2 and i < len(text) and text[i - 2].isalnum() and text[i].isalnum() and \
+                (text[i - 2].isdigit() or text[i].isdigit()):
+            i -= 1
+            continue
+        break
+    return i
+
+
+class OutputScanner:
+    def __init__(self, guard, context: str) -> None:
+        self.guard = guard
+        self.context = context
+        self.checks = guard.deterministic("output")
+        self.model_checks = guard.model_checks("output")
+        self.patterns = [p for c in self.checks for p in c.detector.patterns]
+        self.pending = ""
+        self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
+        self.sent_parts: list[str] = []  # what was released (after redaction), for the model checks
+        self.received_parts: list[str] = []
+        self.chunks = 0
+        self.chunks_at_last_model_check = 0
+        self.blocked = False
+
+    # -- hold-back ----------------------------------------------------------------------------------------------
+    def _hold_from(self, text: str, floor: int) -> int:
+        """Index in `text` (left context + pending) from which characters must be held; at least `floor`."""
+        hold = len(text)
+        for pattern in self.patterns:
+            if pattern.stream == "token":
+                hold = min(hold, _tail_run_start(text, min(pattern.max_len, MAX_TOKEN_RUN)))
+            elif pattern.stream == "window":
+                hold = min(hold, len(text) - pattern.max_len + 1)
+            else:
+                lower = max(0, len(text) - pattern.max_len)
+                last = None
+                for m in pattern.compiled_trigger().finditer(text, lower):
+                    last = m.start()
+                if last is not None:
+                    hold = min(hold, last)
+        return max(hold, floor)
+
+    async def feed(self, text: str) -> StreamStep:
+        if self.blocked:
+            return StreamStep("", blocked=True)
+        self.pending += text
+        self.received_parts.append(text)
+        self.chunks += 1
+        step = self._release(final=False)
+        if step.blocked or not self.model_checks:
+            return step
+        every = min(c.config.options.get("every_tokens", 64) for c in self.model_checks)
+        if self.chunks - self.chunks_at_last_model_check >= every:
+            self.chunks_at_last_model_check = self.chunks
+            blocked = await self._model_block()
+            if blocked:
+                return StreamStep("", blocked=True, categories=blocked)
+        return step
+
+    async def finish(self) -> StreamStep:
+        if self.blocked:
+            return StreamStep("", blocked=True)
+        step = self._release(final=True)
+        if step.blocked or not self.model_checks:
+            return step
+        blocked = await self._model_block(extra=step.text)
+        if blocked:
+            return StreamStep("", blocked=True, categories=blocked)
+        return step
+
+    def _release(self, final: bool) -> StreamStep:
+        ctx = len(self.left)
+        text = self.left + self.pending
+        # Findings over the left context plus the pending text; those wholly in the context were dealt
+        # with before, those reaching into the pending text are clipped to it.
+        findings = [f if f.start >= ctx else replace(f, start=ctx)
+                    for f in self.guard.scan_with(text, "output", self.checks) if f.end > ctx]
+        block = [f for f in findings if f.action == "block"]
+        if block:
+            self.blocked = True
+            safe_end = min(f.start for f in block)
+            emit = self._redacted(text[ctx:safe_end], [f for f in findings if f.end <= safe_end], ctx)
+            self.pending = ""
+            self._count(findings)
+            return StreamStep(emit, blocked=True, categories=tuple(sorted({f.category for f in block})))
+        boundary = len(text) if final else self._hold_from(text, ctx)
+        for f in sorted(findings, key=lambda f: f.start):
+            if f.start < boundary < f.end:
+                boundary = f.start
+        released = [f for f in findings if f.end <= boundary]
+        emit = self._redacted(text[ctx:boundary], released, ctx)
+        self._count(released)
+        self.left = text[:boundary][-LEFT_CONTEXT:]
+        self.pending = text[boundary:]
+        if emit:
+            self.sent_parts.append(emit)
+        return StreamStep(emit)
+
+    def _redacted(self, text: str, findings, offset: int) -> str:
+        from llmprod.serve.guardrails.runtime import redact
+
+        return redact(text, [replace(f, start=f.start - offset, end=f.end - offset) for f in findings])
+
+    def _count(self, findings) -> None:
+        metrics = self.guard.metrics
+        if metrics is not None:
+            for f in findings:
+                metrics.guard_verdicts.labels("output", f.check, f.category, f.action).inc()
+
+    async def _model_block(self, extra: str = "") -> tuple[str, ...]:
+        text = "".join(self.received_parts)
+        findings = await self.guard._run_models("output", [text], self.context)
+        self._count(findings)
+        block = [f for f in findings if f.action == "block"]
+        if block:
+            self.blocked = True
+            return tuple(sorted({f.category for f in block}))
+        return ()

@@ -1,0 +1,60 @@
+"""Prometheus collectors of the gateway: latency and throughput as the client sees them.
+
+Each gateway owns a registry (tests build several in one process); `/metrics` renders it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Buckets in seconds: TTFT runs from a few ms (a hot GPU) to tens of seconds (a queue on a CPU);
+# inter-token latency from sub-ms to about a second.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
+                20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25,
+               0.5, 1.0, 2.5)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0)
+GUARD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class GatewayMetrics:
+    registry: object = field(init=False)
+
+    def __post_init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("llmprod_requests", "Requests answered by the gateway, by route and HTTP status.",
+                                ["route", "status"], registry=registry)
+        self.in_flight = Gauge("llmprod_requests_in_flight", "Requests being answered now (all /v1 routes).",
+                               registry=registry)
+        self.ttft = Histogram("llmprod_time_to_first_token_seconds",
+                              "From the request's arrival at the gateway to the first generated text sent.",
+                              ["route"], buckets=TTFT_BUCKETS, registry=registry)
+        self.itl = Histogram("llmprod_inter_token_latency_seconds",
+                             "Between consecutive chunks of generated text sent to a streaming client.",
+                             ["route"], buckets=ITL_BUCKETS, registry=registry)
+        self.e2e = Histogram("llmprod_e2e_request_latency_seconds",
+                             "From the request's arrival to the last byte of the answer.",
+                             ["route"], buckets=E2E_BUCKETS, registry=registry)
+        self.prompt_tokens = Counter("llmprod_prompt_tokens", "Prompt tokens, from the upstream's usage.",
+                                     ["route"], registry=registry)
+        self.output_tokens = Counter("llmprod_output_tokens",
+                                     "Generated tokens, from the upstream's usage; rate() of it is tokens/s.",
+                                     ["route"], registry=registry)
+        self.engine_up = Gauge("llmprod_engine_up", "1 while the upstream engine answers its health check.",
+                               registry=registry)
+        self.engine_restarts = Counter("llmprod_engine_restarts", "Times the supervised engine was restarted.",
+                                       registry=registry)
+        self.guard_verdicts = Counter("llmprod_guardrail_verdicts",
+                                      "Guardrail findings that led to an action, by stage, check, category, action.",
+                                      ["stage", "check", "category", "action"], registry=registry)
+        self.guard_latency = Histogram("llmprod_guardrail_latency_seconds",
+                                       "Time spent in guardrail checks per request and stage.",
+                                       ["stage", "check"], buckets=GUARD_BUCKETS, registry=registry)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
