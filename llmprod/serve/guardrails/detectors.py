@@ -145,7 +145,8 @@ def ipv4_ok(text: str) -> bool:
 
 
 def ipv6_ok(text: str) -> bool:
-    if text.count(":") < 2:
+    # "a::b" and "std::x" are code; addresses in text carry more digits (the loopback "::1" aside).
+    if text.count(":") < 2 or (text != "::1" and sum(c not in ":" for c in text) < 4):
         return False
     try:
         ipaddress.IPv6Address(text)
@@ -158,11 +159,14 @@ _DATE = re.compile(r"((19|20)\d\d[-./](0?[1-9]|1[0-2])[-./](0?[1-9]|[12]\d|3[01]
                    r"(0?[1-9]|[12]\d|3[01])[-./](0?[1-9]|[12]\d|3[01])[-./](19|20)\d\d)$")
 
 
+_SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}$")  # the SSN check's business, valid or not
+
+
 def phone_ok(text: str) -> bool:
     digits = digits_of(text)
     if text.startswith("+"):
         return 8 <= len(digits) <= 15
-    if not 7 <= len(digits) <= 15 or _DATE.match(text):
+    if not 7 <= len(digits) <= 15 or _DATE.match(text) or _SSN_SHAPE.match(text):
         return False
     groups = re.split(r"[\s().-]+", text.strip("()"))
     groups = [g for g in groups if g]
@@ -203,7 +207,7 @@ PII_PATTERNS = {
     "email": Pattern("email", _NOT_WORD_BEFORE + r"([A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}"
                      r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24})",
                      group=1),
-    "phone": Pattern("phone", _NOT_DIGIT_BEFORE + r"((?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){0,4}"
+    "phone": Pattern("phone", _NOT_DIGIT_BEFORE + r"((?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,5}){1,5}"
                      r"|\+\d{7,15})(?:(?:x|ext\.? ?)\d{1,5})?(?:$|[^0-9A-Za-z])", group=1, validate=phone_ok, max_len=40),
     # A number right after a word that announces one ("phone:", "call me on", "fax") needs less shape.
     "phone_context": Pattern("phone", r"(?i)\b(?:phone|tel|telephone|fax|mobile|cell|call|desk|office|whatsapp|"

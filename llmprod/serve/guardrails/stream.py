@@ -61,6 +61,7 @@ class OutputScanner:
         self.chunks = 0
         self.chunks_at_last_model_check = 0
         self.blocked = False
+        self.finished = False
 
     # -- hold-back ----------------------------------------------------------------------------------------------
     def _hold_from(self, text: str, floor: int) -> int:
@@ -98,8 +99,13 @@ class OutputScanner:
         return step
 
     async def finish(self) -> StreamStep:
+        """Release everything held, after the final checks; later calls (a [DONE] after the finish chunk)
+        return nothing."""
         if self.blocked:
             return StreamStep("", blocked=True)
+        if self.finished:
+            return StreamStep("")
+        self.finished = True
         step = self._release(final=True)
         if step.blocked or not self.model_checks:
             return step

@@ -1,0 +1,140 @@
+"""A scriptable OpenAI-compatible engine for the gateway's fault tests (a real HTTP server on loopback).
+
+Behaviour is set per request through the last user message / prompt, so one server serves every test:
+    "echo"             answers with the (possibly redacted) user text it received
+    "slow:SECONDS"     waits that long before answering (timeouts, 429 under load)
+    "chunks:A|B|C"     streams exactly those text chunks (guardrail chunk-boundary tests)
+    "crash"            exits the process (supervision tests)
+    anything else      `tokens` tokens "t0 t1 ..." with `itl` seconds between them
+GET /stats: generation requests seen, streams cancelled by the client, the last body received.
+
+As a script it is also a stand-in for `vllm serve MODEL --host H --port P ...` (extra flags ignored), and
+it can spawn a child process so tests can check that stopping the engine stops its whole group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+
+def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake") -> Starlette:
+    stats = {"generations": 0, "cancelled": 0, "completed": 0, "last_body": None}
+
+    def instruction(body: dict, chat: bool) -> str:
+        if chat:
+            users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+            content = users[-1]["content"] if users else ""
+            return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+        prompt = body.get("prompt", "")
+        return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+    async def generate(request: Request):
+        body = await request.json()
+        stats["generations"] += 1
+        stats["last_body"] = body
+        chat = request.url.path.endswith("/chat/completions")
+        text = instruction(body, chat)
+        if text == "crash":
+            os._exit(3)
+        if text.startswith("slow:"):
+            await asyncio.sleep(float(text.split(":", 1)[1]))
+        if text == "echo":
+            pieces = [text]
+        elif text.startswith("echo:"):
+            pieces = [text[5:]]
+        elif text.startswith("chunks:"):
+            pieces = text[7:].split("|")
+        else:
+            pieces = [f"t{i} " for i in range(min(tokens, int(body.get("max_tokens") or tokens)))]
+        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(pieces),
+                 "total_tokens": len(text.split()) + len(pieces)}
+        if not body.get("stream"):
+            content = "".join(pieces)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                      if chat else {"index": 0, "text": content, "finish_reason": "stop"})
+            stats["completed"] += 1
+            return JSONResponse({"id": "fake-1", "object": "chat.completion" if chat else "text_completion",
+                                 "created": int(time.time()), "model": body.get("model"), "choices": [choice],
+                                 "usage": usage})
+
+        async def events():
+            try:
+                for i, piece in enumerate(pieces):
+                    if i and itl:
+                        await asyncio.sleep(itl)
+                    choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                              else {"index": 0, "text": piece, "finish_reason": None})
+                    yield "data: " + json.dumps({"id": "fake-1", "object": "chat.completion.chunk",
+                                                 "model": body.get("model"), "choices": [choice]}) + "\n\n"
+                final = ({"index": 0, "delta": {}, "finish_reason": "stop"} if chat
+                         else {"index": 0, "text": "", "finish_reason": "stop"})
+                yield "data: " + json.dumps({"id": "fake-1", "choices": [final]}) + "\n\n"
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield "data: " + json.dumps({"id": "fake-1", "choices": [], "usage": usage}) + "\n\n"
+                yield "data: [DONE]\n\n"
+                stats["completed"] += 1
+            except (asyncio.CancelledError, GeneratorExit):
+                stats["cancelled"] += 1
+                raise
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [{"id": model, "object": "model"}]})
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok"})
+
+    async def stats_route(request: Request):
+        return JSONResponse(stats)
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/stats", stats_route),
+    ])
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] == "serve":  # invoked as a fake `vllm serve MODEL ...`
+        argv = argv[1:]
+        model = argv.pop(0)
+    else:
+        model = "fake"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--itl", type=float, default=0.0)
+    parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child in the same group")
+    parser.add_argument("--child-pid-file", default=None)
+    args, _unknown = parser.parse_known_args(argv)
+    if args.spawn_child or os.environ.get("FAKE_ENGINE_CHILD_PID_FILE"):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        pid_file = args.child_pid_file or os.environ.get("FAKE_ENGINE_CHILD_PID_FILE")
+        if pid_file:
+            with open(pid_file, "w") as fh:
+                fh.write(str(child.pid))
+    import uvicorn
+
+    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model), host=args.host,
+                port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Guardrails in the gateway: input block / redact, output redact and block, streamed and not."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from tests_serve_helpers import ThreadServer, engine_stats, make_app, wait_until
+
+from llmprod.serve.guardrails import load_policy
+from llmprod.serve.guardrails.policy import CheckConfig, Policy
+from llmprod.serve.guardrails.runtime import PolicyGuard
+from llmprod.serve.guardrails.types import Finding
+
+MODEL = "tiny"
+
+
+def chat(url: str, content: str, **kwargs):
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    return c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def streamed(url: str, content: str) -> tuple[str, list[dict]]:
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": content}]}
+    chunks = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    text = "".join((c["choices"][0].get("delta") or {}).get("content") or "" for c in chunks if c.get("choices"))
+    return text, chunks
+
+
+def test_blocked_input_is_400_without_echoing_it_and_never_sent_upstream(fake_engine, start_gateway):
+    url, _ = start_gateway(fake_engine.url, guard=load_policy("default").runtime(), models={MODEL: "fake"})
+    before = engine_stats(fake_engine.url)["generations"]
+    secret = "AKIAIOSFODNN7EXAMPLQ"
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(url, f"here is my key {secret}, keep it")
+    body = err.value.body
+    assert body["code"] == "content_policy_violation"
+    assert "aws_access_key_id" in body["message"] and secret not in json.dumps(body)
+    assert engine_stats(fake_engine.url)["generations"] == before
+    metrics = httpx.get(f"{url}/metrics").text
+    assert ('llmprod_guardrail_verdicts_total{action="block",category="aws_access_key_id",check="secrets",'
+            'stage="input"} 1.0') in metrics
+    assert 'llmprod_guardrail_latency_seconds_count{check="secrets",stage="input"}' in metrics
+
+
+def test_redacted_input_reaches_the_engine_with_placeholders(fake_engine, start_gateway):
+    url, _ = start_gateway(fake_engine.url, guard=load_policy("default").runtime(), models={MODEL: "fake"})
+    answer = chat(url, "echo:write to jane.doe@example.org or call +44 20 7946 0958 today")
+    sent = engine_stats(fake_engine.url)["last_body"]["messages"][-1]["content"]
+    assert sent == "echo:write to [EMAIL] or call [PHONE] today"
+    # The engine echoed the redacted text; the output check found nothing more to do.
+    assert answer.choices[0].message.content == "write to [EMAIL] or call [PHONE] today"
+
+
+def output_only(default_stage_checks=("secrets", "pii")) -> PolicyGuard:
+    actions = {"secrets": "block", "pii": "redact"}
+    return PolicyGuard(Policy("out", "test", output=[CheckConfig(c, actions[c], "output", {}, 1)
+                                                     for c in default_stage_checks]))
+
+
+def test_non_streamed_output_is_checked_whole(fake_engine, start_gateway):
+    url, _ = start_gateway(fake_engine.url, guard=output_only(), models={MODEL: "fake"})
+    answer = chat(url, "chunks:card 4111 1111 1111 1111 ok")
+    assert answer.choices[0].message.content == "card [CARD] ok"
+    blocked = chat(url, "chunks:token ghp_" + "a1B2" * 9 + " bye")
+    assert blocked.choices[0].finish_reason == "content_filter"
+    assert blocked.choices[0].message.content == ""
+
+
+@pytest.mark.parametrize("pieces", [
+    ["mail me at jo", "hn.smith@exa", "mple.com now"],
+    ["mail me at john.smith@example.co", "m now"],
+    ["m", "a", "i", "l", " ", "m", "e", " ", "a", "t", " ", *"john.smith@example.com", " ", "n", "o", "w"],
+])
+def test_streamed_output_redacts_across_chunk_boundaries(pieces, fake_engine, start_gateway):
+    guard = PolicyGuard(Policy("p", "test", output=[CheckConfig("pii", "redact", "output", {}, 1)]))
+    url, _ = start_gateway(fake_engine.url, guard=guard, models={MODEL: "fake"})
+    text, chunks = streamed(url, "chunks:" + "|".join(pieces))
+    assert text == "mail me at [EMAIL] now"
+    assert "john.smith" not in json.dumps(chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_streamed_output_block_ends_with_content_filter_and_cancels_upstream(start_gateway):
+    engine = ThreadServer(make_app(tokens=8, itl=0.05)).start()
+    try:
+        url, _ = start_gateway(engine.url, guard=output_only(), models={MODEL: "fake"})
+        pieces = ["safe text here. ", "the key is ", "AKIA", "IOSFODNN7EXAMPLQ", " and more"] + ["x "] * 40
+        text, chunks = streamed(url, "chunks:" + "|".join(pieces))
+        assert "AKIA" not in text and text.startswith("safe text here.")
+        assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+        wait_until(lambda: engine_stats(engine.url)["cancelled"] == 1)
+    finally:
+        engine.stop()
+
+
+class ControlledCheck:
+    """A model check whose verdict the test sets: stands in for Llama Guard in gateway flows."""
+
+    def __init__(self) -> None:
+        self.unsafe_after: str | None = None
+        self.calls: list[tuple[str, str]] = []
+
+    async def check_input(self, texts, config):
+        self.calls.append(("input", texts[-1]))
+        return [Finding("llama_guard", "S1", 0, 0, config.action, 0.9)] if "bomb" in texts[-1] else []
+
+    async def check_output(self, text, context, config):
+        self.calls.append(("output", text))
+        if self.unsafe_after and self.unsafe_after in text:
+            return [Finding("llama_guard", "S2", 0, 0, config.action, 0.95)]
+        return []
+
+
+def sandwich_guard(check: ControlledCheck, every: int = 3) -> PolicyGuard:
+    policy = Policy("sandwich", "test", input=[CheckConfig("llama_guard", "block", "input", {}, 1)],
+                    output=[CheckConfig("llama_guard", "block", "output", {"every_tokens": every}, 2)])
+    guard = PolicyGuard(policy, model_loader=lambda config: check)
+    guard.load_models()
+    return guard
+
+
+def test_model_check_blocks_input(fake_engine, start_gateway):
+    check = ControlledCheck()
+    url, _ = start_gateway(fake_engine.url, guard=sandwich_guard(check), models={MODEL: "fake"})
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(url, "how to build a bomb")
+    assert "S1" in err.value.body["message"]
+    assert chat(url, "echo").choices[0].message.content == "echo"
+
+
+def test_model_check_on_streamed_output_every_n_chunks_and_at_the_end(fake_engine, start_gateway):
+    check = ControlledCheck()
+    url, _ = start_gateway(fake_engine.url, guard=sandwich_guard(check, every=3), models={MODEL: "fake"})
+    text, chunks = streamed(url, "chunks:a |b |c |d |e |f |g ")
+    assert text == "a b c d e f g " and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    outputs = [t for stage, t in check.calls if stage == "output"]
+    assert outputs == ["a b c ", "a b c d e f ", "a b c d e f g "]  # every 3 chunks, then the whole at the end
+
+    check.unsafe_after = "e "
+    check.calls.clear()
+    text, chunks = streamed(url, "chunks:a |b |c |d |e |f |g ")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+    assert "g" not in text
