@@ -255,11 +255,14 @@ class PromptGuardCheck:
             raise ConfigError(f"{model} has {self.model.config.num_labels} label(s); Prompt Guard has 2",
                               hint="point `model:` at a Prompt Guard 2 checkpoint")
 
-    def windows(self, text: str) -> list[list[int]]:
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        room = self.WINDOW - self.tokenizer.num_special_tokens_to_add(pair=False)
-        chunks = [ids[i:i + room] for i in range(0, len(ids), room)] or [[]]
-        return [self.tokenizer.build_inputs_with_special_tokens(chunk) for chunk in chunks]
+    def windows(self, text: str) -> list[str]:
+        """The text cut into pieces that fit the window with the tokenizer's special tokens added."""
+        room = self.WINDOW - len(self.tokenizer("").input_ids)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+        if len(offsets) <= room:
+            return [text]
+        return [text[offsets[i][0]:offsets[min(i + room, len(offsets)) - 1][1]] for i in range(0, len(offsets), room)]
 
     def scores(self, texts: list[str]) -> list[float]:
         """The malicious probability of each text: the maximum over its windows, all windows in one batch."""
@@ -269,12 +272,10 @@ class PromptGuardCheck:
             for window in self.windows(text):
                 owners.append(i)
                 batch.append(window)
-        width = max(len(w) for w in batch)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.tensor([w + [pad] * (width - len(w)) for w in batch], device=self.device)
-        mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for w in batch], device=self.device)
+        inputs = self.tokenizer(batch, padding=True, truncation=True, max_length=self.WINDOW,
+                                return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+            logits = self.model(**inputs).logits.float()
         malicious = torch.softmax(logits, dim=-1)[:, 1].tolist()
         best = [0.0] * len(texts)
         for owner, p in zip(owners, malicious):

@@ -38,9 +38,13 @@ def _tail_run_start(text: str, limit: int) -> int:
         if not ch.isspace():
             i -= 1
             continue
-        # "4111 1111" / "+1 415 555" / "GB82 WEST": a single space between two alphanumerics of a group
-        if ch == " " and i >= 2 and i < len(text) and text[i - 2].isalnum() and text[i].isalnum() and \
-                (text[i - 2].isdigit() or text[i].isdigit()):
+        # "4111 1111" / "+1 (415) 555" / "GB82 WEST": one space between two parts of a group, or a space
+        # at the very end after a digit (the next chunk may carry the next group).
+        before = text[i - 2] if i >= 2 else ""
+        after = text[i] if i < len(text) else ""
+        if ch == " " and (before.isalnum() or before == ")") and before != " " and (
+                (after and (after.isalnum() or after == "(") and (before.isdigit() or after.isdigit()))
+                or (not after and before.isdigit())):
             i -= 1
             continue
         break
