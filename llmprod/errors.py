@@ -5,8 +5,7 @@
      │    ├── NotFoundError           a model, file or directory that does not exist
      │    ├── OfflineError            something needs the network and there is none (suggests a local file)
      │    ├── ConfigError             a recipe, policy or model config that does not validate
-     │    ├── MissingExtraError       an optional dependency is not installed (names the extra)
-     │    └── NotAvailableError       the command exists but is not built yet
+     │    └── MissingExtraError       an optional dependency is not installed (names the extra)
      ├── CheckFailed (exit 1)         the command ran and a check or gate said no (perplexity gate, ...)
      └── OperationFailed (exit 1)     the command ran and the work failed (engine crash, NaN logits, ...)
 
@@ -60,10 +59,6 @@ class MissingExtraError(InputError):
         )
         self.module = module
         self.extra = extra
-
-
-class NotAvailableError(InputError):
-    pass
 
 
 class CheckFailed(LlmprodError):

@@ -14,7 +14,6 @@ from llmprod.cli.runner import command_output
 from llmprod.errors import CheckFailed, ConfigError
 
 COMMANDS = ["quantize", "perplexity", "estimate-memory", "serve", "guardrails", "bench"]
-PENDING = [["serve"], ["guardrails", "scan"]]
 
 
 def test_version(cli):
@@ -37,22 +36,13 @@ def test_help_lists_every_command_with_an_example(cli):
         assert f"llmprod {' '.join(args)}" in sub.stdout, args
 
 
-@pytest.mark.parametrize("args", PENDING, ids=lambda a: " ".join(a))
-def test_pending_command_says_not_available_and_exits_2(cli, args):
-    result = cli(*args, "anything", "--some-future-flag", "1")
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not available yet" in lines[0]
-
-
-@pytest.mark.parametrize("args", PENDING, ids=lambda a: " ".join(a))
-def test_pending_command_json_is_one_document(cli, args):
+@pytest.mark.parametrize("args", [["serve"], ["guardrails", "scan", "/nonexistent.txt"]], ids=lambda a: a[0])
+def test_bad_input_json_is_one_document(cli, args):
     result = cli(*args, "--json")
     assert result.exit_code == 2
     doc = json.loads(result.stdout)
-    assert doc["error"]["type"] == "NotAvailableError"
-    assert doc["error"]["exit_code"] == 2
+    assert doc["error"]["exit_code"] == 2 and doc["error"]["message"]
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_typer_usage_errors_exit_2(cli):
