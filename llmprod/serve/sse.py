@@ -1,7 +1,7 @@
 """Server-sent events from an OpenAI-compatible upstream, split into whole events as they arrive.
 
-The gateway forwards each event as soon as its blank-line terminator is seen: nothing is buffered
-beyond one event. Parsing is lazy: most chunks only need "does it carry generated text?" and
+The gateway forwards each read's complete events as soon as it has them: nothing is buffered beyond an
+unfinished event. Parsing is lazy: most chunks only need "does it carry generated text?" and
 "is it the usage chunk?", answered from the bytes without decoding JSON.
 """
 
@@ -18,21 +18,35 @@ _HAS_USAGE = re.compile(rb'"usage":\s*\{')
 DONE = b"[DONE]"
 
 
-async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield each complete SSE event (terminator included) from a byte stream."""
+async def blobs(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The complete SSE events (terminators included) of each network read, as one bytes object.
+
+    A fast engine packs many events into one read; forwarding them as one write instead of one write
+    per event saves a send, a socket write and an event-loop turn per token, and delays nothing.
+    """
     buffer = b""
     async for chunk in chunks:
         buffer += chunk
-        start = 0
-        while True:
-            match = _EVENT_END.search(buffer, start)
-            if match is None:
-                break
-            yield buffer[start:match.end()]
-            start = match.end()
-        buffer = buffer[start:]
+        end = max(buffer.rfind(b"\n\n") + 2, buffer.rfind(b"\r\n\r\n") + 4, buffer.rfind(b"\r\r") + 2)
+        if end >= 2:
+            yield buffer[:end]
+            buffer = buffer[end:]
     if buffer.strip():
         yield buffer  # an upstream that ended without the final blank line
+
+
+def split(blob: bytes) -> list[bytes]:
+    """The events of a blob, each with its terminator."""
+    events, start = [], 0
+    while True:
+        match = _EVENT_END.search(blob, start)
+        if match is None:
+            break
+        events.append(blob[start:match.end()])
+        start = match.end()
+    if start < len(blob) and blob[start:].strip():
+        events.append(blob[start:])
+    return events
 
 
 def data_of(event: bytes) -> bytes | None:

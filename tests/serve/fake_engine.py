@@ -28,7 +28,11 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 
-def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake") -> Starlette:
+WORDS = ("the ", "model ", "writes ", "plain ", "prose ", "about ", "serving ", "and ", "latency ", "of ",
+         "tokens ", "with ", "no ", "numbers ", "in ", "it ")
+
+
+def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool = False) -> Starlette:
     stats = {"generations": 0, "cancelled": 0, "completed": 0, "last_body": None}
 
     def instruction(body: dict, chat: bool) -> str:
@@ -56,7 +60,8 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake") -> Starlett
         elif text.startswith("chunks:"):
             pieces = text[7:].split("|")
         else:
-            pieces = [f"t{i} " for i in range(min(tokens, int(body.get("max_tokens") or tokens)))]
+            n = min(tokens, int(body.get("max_tokens") or tokens))
+            pieces = [WORDS[i % len(WORDS)] if words else f"t{i} " for i in range(n)]
         usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(pieces),
                  "total_tokens": len(text.split()) + len(pieces)}
         if not body.get("stream"):
@@ -121,6 +126,7 @@ def main() -> None:
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--itl", type=float, default=0.0)
+    parser.add_argument("--words", action="store_true", help="stream plain words instead of t0 t1 ...")
     parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child in the same group")
     parser.add_argument("--child-pid-file", default=None)
     args, _unknown = parser.parse_known_args(argv)
@@ -132,7 +138,7 @@ def main() -> None:
                 fh.write(str(child.pid))
     import uvicorn
 
-    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model), host=args.host,
+    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model, args.words), host=args.host,
                 port=args.port, log_level="warning")
 
 

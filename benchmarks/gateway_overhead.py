@@ -1,0 +1,126 @@
+"""The gateway's cost: `llmprod bench` against a fast engine directly and through `llmprod serve --upstream`.
+
+    python benchmarks/gateway_overhead.py --out benchmarks/results/gateway-overhead-cpu.json
+
+One engine (tests/serve/fake_engine.py: a real HTTP server on loopback that streams tokens as fast as it
+can, plain words without digits, with the usage chunk and [DONE] like vLLM) and two gateways in front of it, one with --no-guardrails
+and one with the default policy. The same client (`llmprod bench`) loads each target in turn, rounds
+interleaved so machine noise hits all alike; per target and concurrency: the median over rounds of TTFT
+p50/p99 and output tokens/s. Reported: TTFT added by the gateway (ms) and throughput kept (ratio).
+Everything shares this machine's cores: the client, the engine and the gateway compete for them, so at
+high concurrency the ratio also measures the gateway's CPU use per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "tests" / "serve" / "fake_engine.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def bench(url: str, levels: str, requests: int | None, output_tokens: int) -> dict:
+    args = [sys.executable, "-m", "llmprod", "bench", url, "--model", "fake", "--concurrency", levels,
+            "--input-tokens", "64", "--output-tokens", str(output_tokens), "--json"]
+    if requests:
+        args += ["--requests", str(requests)]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return {level["concurrency"]: level for level in json.loads(done.stdout)["levels"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gateway-overhead-cpu.json")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    procs = []
+    try:
+        engine_port = free_port()
+        procs.append(subprocess.Popen([sys.executable, str(ENGINE), "--port", str(engine_port), "--tokens", "4096", "--words"]))
+        engine = f"http://127.0.0.1:{engine_port}"
+        wait_ready(f"{engine}/health")
+        targets = {"direct": engine}
+        for name, flags in (("gateway", ["--no-guardrails"]), ("gateway+default-policy", [])):
+            port = free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream", engine,
+                                           "--port", str(port), *flags], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            targets[name] = f"http://127.0.0.1:{port}"
+            wait_ready(f"{targets[name]}/health")
+        runs: dict[str, list[dict]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, url in targets.items():
+                runs[name].append(bench(url, args.concurrency, None, args.output_tokens))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    def med(name: str, level: int, key: str, sub: str | None = None) -> float:
+        values = [r[level][key][sub] if sub else r[level][key] for r in runs[name]]
+        return statistics.median(values)
+
+    table = []
+    for level in levels:
+        direct = {"ttft_p50_ms": med("direct", level, "ttft_ms", "p50"),
+                  "ttft_p99_ms": med("direct", level, "ttft_ms", "p99"),
+                  "output_tokens_per_s": med("direct", level, "output_tokens_per_s")}
+        row = {"concurrency": level, "direct": direct}
+        for name in ("gateway", "gateway+default-policy"):
+            got = {"ttft_p50_ms": med(name, level, "ttft_ms", "p50"), "ttft_p99_ms": med(name, level, "ttft_ms", "p99"),
+                   "output_tokens_per_s": med(name, level, "output_tokens_per_s")}
+            got["added_ttft_p50_ms"] = round(got["ttft_p50_ms"] - direct["ttft_p50_ms"], 3)
+            got["added_ttft_p99_ms"] = round(got["ttft_p99_ms"] - direct["ttft_p99_ms"], 3)
+            got["throughput_ratio"] = round(got["output_tokens_per_s"] / direct["output_tokens_per_s"], 3)
+            row[name] = got
+        table.append(row)
+    result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "rounds": args.rounds, "output_tokens": args.output_tokens,
+              "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for row in table:
+        print(f"c={row['concurrency']:3d} direct ttft p50 {row['direct']['ttft_p50_ms']:.2f} ms "
+              f"{row['direct']['output_tokens_per_s']:.0f} tok/s | " + " | ".join(
+                  f"{n}: +{row[n]['added_ttft_p50_ms']:.2f} ms p50, +{row[n]['added_ttft_p99_ms']:.2f} ms p99, "
+                  f"{row[n]['throughput_ratio']:.2f}x" for n in ("gateway", "gateway+default-policy")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
