@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -50,46 +51,49 @@ def normalize_base_url(url: str) -> str:
 
 async def preflight(client, target: Target) -> list[str]:
     """GET /v1/models before any load: unreachable, wrong key, or not OpenAI-compatible → exit 2."""
-    import httpx
+    import aiohttp
 
     url = f"{target.base_url}/models"
     try:
-        response = await client.get(url, headers=target.headers, timeout=10.0)
-    except httpx.HTTPError as exc:
+        async with client.get(url, headers=target.headers, timeout=aiohttp.ClientTimeout(total=10.0)) as response:
+            status, body = response.status, await response.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise InputError(f"cannot reach {url}: {type(exc).__name__}",
                          hint="is the server running, and is the URL right?") from exc
-    if response.status_code in (401, 403):
-        raise InputError(f"{url} refused the API key (HTTP {response.status_code})",
+    if status in (401, 403):
+        raise InputError(f"{url} refused the API key (HTTP {status})",
                          hint="pass the right --api-key (or none if the server has no auth)")
     try:
-        data = response.json()
+        data = json.loads(body)
         models = [m["id"] for m in data["data"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{url} did not answer like an OpenAI-compatible server (HTTP {response.status_code})",
+        raise InputError(f"{url} did not answer like an OpenAI-compatible server (HTTP {status})",
                          hint="give the base URL of a server with /v1/models and /v1/chat/completions") from exc
     return models
 
 
 async def stream_one(client, target: Target, prompt: Prompt) -> RequestResult:
-    import httpx
+    """One streamed request, each text chunk timed as soon as its line is read (aiohttp's C parser keeps the
+    client's cost per chunk small, so many simultaneous streams are not timed late)."""
+    import aiohttp
 
     start = time.perf_counter()
     result = RequestResult(ok=False, start=start, end=start)
     try:
-        async with client.stream("POST", target.path, json=target.payload(prompt), headers=target.headers) as response:
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                result.error = f"HTTP {response.status_code}: {_error_message(body)}"
+        async with client.post(target.path, json=target.payload(prompt), headers=target.headers) as response:
+            if response.status != 200:
+                body = (await response.read()).decode(errors="replace")
+                result.error = f"HTTP {response.status}: {_error_message(body)}"
                 result.end = time.perf_counter()
                 return result
             chunks = 0
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw in response.content:
+                if not raw.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
                 now = time.perf_counter()
+                data = raw[5:].strip()
+                if data == b"[DONE]":
+                    break
                 event = json.loads(data)
                 if _has_text(event, target.endpoint):
                     if result.first_token is None:
@@ -106,7 +110,7 @@ async def stream_one(client, target: Target, prompt: Prompt) -> RequestResult:
             result.ok = result.first_token is not None
             if not result.ok:
                 result.error = "the stream carried no text"
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {str(exc)[:200]}"
     result.end = time.perf_counter()
     return result

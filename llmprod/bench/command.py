@@ -89,7 +89,7 @@ def plan_requests(levels: list[int], requests: int | None) -> int:
 
 
 def run(o: BenchOptions, out: Output) -> None:
-    require("httpx", "bench")
+    require("aiohttp", "bench")
     plan = build_plan(o, out)
     state = BenchState()
     interrupted = False

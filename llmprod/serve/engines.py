@@ -111,14 +111,22 @@ def vllm_command(vllm_path: str, model: str, served_name: str, port: int, option
     return EngineCommand("vllm", tuple(argv), port, served_name, reason)
 
 
+# Without a GPU, transformers sizes its paged cache from total RAM (80% of it): on a laptop or a CI
+# runner that is gigabytes of KV cache for a model that needs megabytes, and the first request stalls
+# while it is allocated. On CPU llmprod caps it at 5% unless a --cb-* flag after `--` says otherwise.
+CPU_CACHE_MEMORY_PERCENT = 0.05
+
+
 def transformers_command(model: str, port: int, options: EngineOptions, reason: str,
-                         cache_dir: Path | None = None) -> EngineCommand:
+                         cache_dir: Path | None = None, on_gpu: bool = True) -> EngineCommand:
     given = [name.replace("_", "-") for name in VLLM_ONLY if getattr(options, name) is not None]
     if given:
         raise InputError(f"--{', --'.join(given)} only apply to the vLLM engine",
                          hint="drop them, or serve with --engine vllm (pass embedded-engine flags after --)")
     argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", model, "--host", "127.0.0.1",
             "--port", str(port), "--continuous-batching", "--log-level", "warning", *options.extra_args]
+    if not on_gpu and not any(arg.startswith("--cb-") for arg in options.extra_args):
+        argv += ["--cb-max-memory-percent", str(CPU_CACHE_MEMORY_PERCENT)]
     env = {}
     if cache_dir is not None:
         # transformers serve lists its hub cache on /v1/models and fails when the directory is missing.

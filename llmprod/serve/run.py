@@ -102,15 +102,15 @@ def load_guard(spec: ServeSpec):
 
 
 def plan_engine(spec: ServeSpec, served_name: str) -> EngineCommand:
-    vllm_path = find_vllm(spec.vllm_bin)
-    needs_gpu_probe = spec.engine == "auto" and vllm_path is not None
-    kind, reason = choose_engine(spec.engine, vllm_path, gpu_available() if needs_gpu_probe else False)
+    vllm_path = find_vllm(spec.vllm_bin) if spec.engine != "transformers" else None
+    has_gpu = gpu_available()
+    kind, reason = choose_engine(spec.engine, vllm_path, has_gpu)
     port = free_port()
     if kind == "vllm":
         return vllm_command(vllm_path, spec.model, served_name, port, spec.engine_options, reason)
     cache = Path(tempfile.gettempdir()) / "llmprod" / "hf-cache-empty"
     return transformers_command(spec.model, port, spec.engine_options, reason,
-                                cache_dir=None if _has_hf_cache() else cache)
+                                cache_dir=None if _has_hf_cache() else cache, on_gpu=has_gpu)
 
 
 def _has_hf_cache() -> bool:

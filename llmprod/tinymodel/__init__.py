@@ -310,10 +310,15 @@ def build_shaped_model(config_json: str | os.PathLike, dest: str | os.PathLike, 
     tokenizer = _train_tokenizer(corpus_split()[0], RANDOM)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    # Output rows past the tiny tokenizer's vocabulary are zeroed: their ids decode to nothing, and a served
+    # model that picks them streams empty text. Random logits of the real rows beat zero, so generation
+    # stays within ids the tokenizer can decode; shapes, speed and memory are unchanged.
+    with torch.no_grad():
+        model.get_output_embeddings().weight[len(tokenizer):] = 0
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     _write_generation_config(model, dest)
     report = {"path": str(dest), "config": str(config_json), "parameters": sum(p.numel() for p in model.parameters()),
-              "dtype": dtype, "weights": "random"}
+              "dtype": dtype, "weights": "random", "decodable_vocab": len(tokenizer)}
     (dest / "tiny-model.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

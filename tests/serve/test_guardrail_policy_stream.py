@@ -154,3 +154,17 @@ def test_scanning_work_is_linear_in_the_output_length():
     # Each feed rescans only the held-back tail plus a bounded left context, never the whole output.
     assert sum(scanned) < 40 * total_chars ** 1 and max(scanned) < 200
     guard.scan_with = original
+
+
+def test_long_runs_that_cannot_become_a_match_are_not_held_back():
+    guard = output_guard(("pii", "redact"), ("secrets", "block"))
+
+    async def released_after(text: str) -> str:
+        scanner = guard.output_stream("")
+        return (await scanner.feed(text)).text
+
+    gibberish = "Zqwvbnmlkjhg" * 20  # 240 characters without a blank, an "@", a digit or a key prefix
+    out = asyncio.run(released_after(gibberish))
+    assert gibberish.startswith(out) and len(gibberish) - len(out) <= 64  # only an e-mail's local part
+    # With an "@" in the run, all of it could belong to an e-mail: held until the run ends.
+    assert asyncio.run(released_after("write to someone.long.name@exam")) == "write to "

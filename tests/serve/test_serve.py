@@ -50,6 +50,12 @@ def test_transformers_command_refuses_vllm_only_flags(tmp_path):
     assert command.argv[1:5] == ("-m", "transformers.cli.transformers", "serve", "./tiny")
     assert "--continuous-batching" in command.argv and "127.0.0.1" in command.argv
     assert (tmp_path / "cache").is_dir() and command.env["HF_HUB_CACHE"] == str(tmp_path / "cache")
+    assert "--cb-max-memory-percent" not in command.argv  # on a GPU transformers sizes its own cache
+    on_cpu = transformers_command("./tiny", 41001, EngineOptions(), "test", on_gpu=False)
+    assert on_cpu.argv[-2:] == ("--cb-max-memory-percent", "0.05")
+    mine = transformers_command("./tiny", 41001, EngineOptions(extra_args=("--cb-num-blocks", "64")), "test",
+                                on_gpu=False)
+    assert "--cb-max-memory-percent" not in mine.argv and mine.argv[-2:] == ("--cb-num-blocks", "64")
     with pytest.raises(InputError, match="--gpu-memory-utilization only apply to the vLLM engine"):
         transformers_command("./tiny", 1, EngineOptions(gpu_memory_utilization=0.5), "test")
 

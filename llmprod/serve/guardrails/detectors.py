@@ -50,6 +50,10 @@ class Pattern:
     stream: str = "token"  # "token" | "keyword" | "window"
     max_len: int = 256
     trigger: str | None = None  # "keyword" patterns: where a match can start
+    # "token" patterns: what a run must contain before it can become a match (an "@", a digit, "ghp_"),
+    # and how many trailing characters could still be the start of one when it does not.
+    hint: str | None = None
+    hint_tail: int = 0
     _compiled: object = field(default=None, init=False, repr=False)
     _trigger: object = field(default=None, init=False, repr=False)
 
@@ -206,9 +210,9 @@ _NOT_DIGIT_BEFORE = r"(?:^|[^0-9A-Za-z+.-])"
 PII_PATTERNS = {
     "email": Pattern("email", _NOT_WORD_BEFORE + r"([A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}"
                      r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24})",
-                     group=1),
+                     group=1, hint="@", hint_tail=64),
     "phone": Pattern("phone", _NOT_DIGIT_BEFORE + r"((?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,5}){1,5}"
-                     r"|\+\d{7,15})(?:(?:x|ext\.? ?)\d{1,5})?(?:$|[^0-9A-Za-z])", group=1, validate=phone_ok, max_len=40),
+                     r"|\+\d{7,15})(?:(?:x|ext\.? ?)\d{1,5})?(?:$|[^0-9A-Za-z])", group=1, validate=phone_ok, max_len=40, hint=r"\d", hint_tail=1),
     # A number right after a word that announces one ("phone:", "call me on", "fax") needs less shape.
     "phone_context": Pattern("phone", r"(?i)\b(?:phone|tel|telephone|fax|mobile|cell|call|desk|office|whatsapp|"
                              r"contact|reach me|text me)\b[^0-9+()\n]{0,15}\n?[^0-9+()\n]{0,5}"
@@ -217,18 +221,18 @@ PII_PATTERNS = {
                              trigger=r"phone|tel|fax|mobile|cell|call|desk|office|whatsapp|contact|reach me|text me",
                              max_len=60),
     "card": Pattern("card", _NOT_DIGIT_BEFORE + r"(\d{4}(?:[ -]?\d{2,4}){2,4}|\d{12,19})(?:$|[^0-9A-Za-z])",
-                    group=1, validate=luhn_ok, max_len=32),
+                    group=1, validate=luhn_ok, max_len=32, hint=r"\d", hint_tail=1),
     "ssn": Pattern("ssn", _NOT_DIGIT_BEFORE + r"(\d{3}[- ]\d{2}[- ]\d{4})(?:$|[^0-9A-Za-z])", group=1, validate=ssn_ok,
-                   max_len=16),
+                   max_len=16, hint=r"\d", hint_tail=1),
     "iban": Pattern("iban", r"(?:^|[^A-Za-z0-9])([A-Za-z]{2}\d{2}(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,7}"
                     r"(?: [A-Za-z0-9]{1,4})?))(?:$|[^A-Za-z0-9])", group=1,
-                    validate=iban_ok, max_len=48),
+                    validate=iban_ok, max_len=48, hint=r"[A-Za-z]{2}\d", hint_tail=3),
     "ipv4": Pattern("ipv4", r"(?:^|[^0-9.])((?:\d{1,3}\.){3}\d{1,3})(?:$|[^0-9.]|\.(?:$|[^0-9]))", group=1,
-                    validate=ipv4_ok, max_len=20),
+                    validate=ipv4_ok, max_len=20, hint=r"\d", hint_tail=1),
     "ipv6": Pattern("ipv6", r"(?:^|[^0-9A-Za-z:])((?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|"
                     r"(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}|(?:[0-9A-Fa-f]{1,4}:){2,7}:|"
                     r"::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})(?:$|[^0-9A-Za-z:])", group=1, validate=ipv6_ok,
-                    max_len=48),
+                    max_len=48, hint=":", hint_tail=5),
 }
 PII_ENTITIES = {"email": ["email"], "phone": ["phone", "phone_context"], "card": ["card"], "ssn": ["ssn"], "iban": ["iban"],
                 "ip": ["ipv4", "ipv6"]}
@@ -240,27 +244,27 @@ _KEYWORD_VALUE = r"\s*(?:[\"']?\s*(?:=>|:=|=|:)\s*)[\"'`]?"
 SECRET_PATTERNS = {
     "aws": [
         Pattern("aws_access_key_id", r"(?:^|[^A-Z0-9])((?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA|A3T[A-Z0-9])"
-                r"[A-Z0-9]{16})(?:$|[^A-Z0-9])", group=1, max_len=24),
+                r"[A-Z0-9]{16})(?:$|[^A-Z0-9])", group=1, max_len=24, hint=r"A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|BIA|CCA|3T)", hint_tail=4),
         Pattern("aws_secret_access_key", r"(?i)(?:aws)?_?(?:secret)_?(?:access)?_?key(?:_id)?" + _KEYWORD_VALUE +
                 r"([A-Za-z0-9/+=]{40})(?:$|[^A-Za-z0-9/+=])", group=1, stream="keyword",
                 trigger=r"secret_?(?:access)?_?key(?:_id)?" + _KEYWORD_VALUE, max_len=120),
     ],
     "github": [Pattern("github_token", r"(?:^|[^A-Za-z0-9_])((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}|"
-                       r"github_pat_[A-Za-z0-9_]{22,255})", group=1, max_len=300)],
+                       r"github_pat_[A-Za-z0-9_]{22,255})", group=1, max_len=300, hint=r"gh[pousr]_|github_pat_", hint_tail=11)],
     "gitlab": [Pattern("gitlab_token", r"(?:^|[^A-Za-z0-9_])((?:glpat|glptt|gldt|glrt|glsoat|glffct|glcbt|gloas|"
                        r"glimt|glagent|glft)-[A-Za-z0-9_-]{20,64}|GR1348941[A-Za-z0-9_-]{20,64})", group=1,
-                       max_len=80)],
+                       max_len=80, hint=r"gl[a-z]+-|GR1348941", hint_tail=9)],
     "slack": [
         Pattern("slack_token", r"(?:^|[^A-Za-z0-9])(xox[abposre]-[A-Za-z0-9-]{10,250}|xapp-\d-?[A-Za-z0-9/-]{10,250}|"
-                r"xapp-[A-Za-z0-9/-]{20,250})", group=1, max_len=260),
+                r"xapp-[A-Za-z0-9/-]{20,250})", group=1, max_len=260, hint=r"xox[a-z]-|xapp-", hint_tail=5),
         Pattern("slack_webhook", r"(https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,200})",
-                group=1, max_len=220),
+                group=1, max_len=220, hint=r"hooks\.slack\.com", hint_tail=30),
     ],
     "private_key": [Pattern("private_key", r"(-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
                             r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)?)",
                             group=1, stream="keyword", trigger=r"-----BEGIN", max_len=16500)],
     "jwt": [Pattern("jwt", r"(?:^|[^A-Za-z0-9_-])(eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)",
-                    group=1, max_len=4096)],
+                    group=1, max_len=4096, hint="eyJ", hint_tail=3)],
     "generic": [
         Pattern("generic_secret", r"(?i)[A-Za-z0-9_.-]*(?:api[_.-]?key|apikey|secret|token|passw(?:or)?d|passwd|pwd|"
                 r"access[_.-]?key|auth[_.-]?key|private[_.-]?key|credential)[A-Za-z0-9_.-]*[\"']?\s*(?:=>|:=|=|:)\s*"

@@ -21,6 +21,7 @@ from a model check ends the stream at the point where it was detected.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from llmprod.serve.guardrails.types import StreamStep
@@ -73,7 +74,11 @@ class OutputScanner:
         hold = len(text)
         for pattern in self.patterns:
             if pattern.stream == "token":
-                hold = min(hold, _tail_run_start(text, min(pattern.max_len, MAX_TOKEN_RUN)))
+                start = _tail_run_start(text, min(pattern.max_len, MAX_TOKEN_RUN))
+                if pattern.hint is not None and not re.search(pattern.hint, text[start:]):
+                    # Nothing in the run can start a match yet: only its last characters might.
+                    start = max(start, len(text) - pattern.hint_tail)
+                hold = min(hold, start)
             elif pattern.stream == "window":
                 hold = min(hold, len(text) - pattern.max_len + 1)
             else:
