@@ -25,7 +25,6 @@ from pathlib import Path
 
 import yaml
 
-from llmprod.serve.guardrails import detectors
 from llmprod.serve.guardrails.policy import CheckConfig, Policy, load_policy
 from llmprod.serve.guardrails.runtime import PolicyGuard
 

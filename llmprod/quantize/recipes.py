@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from llmprod.errors import ConfigError, NotFoundError
+from llmprod.bundled import RECIPES, find_bundled
+from llmprod.errors import ConfigError
 from llmprod.quantize.spec import QuantizeSettings, QuantizeSpec
 
 QUANTIZERS = ("QuantizationModifier", "GPTQModifier")
@@ -22,19 +23,12 @@ KNOWN_MODIFIERS = ("AWQModifier",) + QUANTIZERS
 PRESETS = {"W4A16": (4, 128, True), "W4A16_ASYM": (4, 128, False), "W8A16": (8, 128, True)}
 _QUANTIZER_KEYS = {"scheme", "config_groups", "ignore", "targets"}
 
-BUNDLED = Path(__file__).resolve().parents[2] / "recipes" / "quantize"
+BUNDLED = RECIPES / "quantize"
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
     """A path, or the name of a bundled recipe (`awq-w4a16` for recipes/quantize/awq-w4a16.yaml)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    bundled = BUNDLED / f"{name_or_path}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = sorted(p.stem for p in BUNDLED.glob("*.yaml"))
-    raise NotFoundError(f"no recipe file {name_or_path}", hint=f"give a path, or a bundled recipe: {', '.join(names)}")
+    return find_bundled(name_or_path, BUNDLED, "recipe")
 
 
 def modifiers_of(recipe: dict[str, Any], source: str) -> list[tuple[str, dict[str, Any]]]:

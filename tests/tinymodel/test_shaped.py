@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmprod.tinymodel import build_shaped_model

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmprod.errors import ConfigError, NotFoundError
+from llmprod.bundled import RECIPES, find_bundled
+from llmprod.errors import ConfigError
 from llmprod.serve.guardrails import detectors
 from llmprod.serve.guardrails.types import ACTIONS
 
-BUNDLED = Path(__file__).resolve().parents[3] / "recipes" / "guardrails"
+BUNDLED = RECIPES / "guardrails"
 DEFAULT_POLICY = BUNDLED / "default.yaml"
 STAGES = ("input", "output")
 
@@ -93,14 +94,7 @@ class Policy:
 
 
 def find_policy(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    bundled = BUNDLED / f"{name_or_path}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))
-    raise NotFoundError(f"no guardrail policy {name_or_path}", hint=f"give a path, or a bundled policy: {names}")
+    return find_bundled(name_or_path, BUNDLED, "guardrail policy")
 
 
 def load_policy(name_or_path: str | Path) -> Policy:
