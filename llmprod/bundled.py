@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmprod.errors import NotFoundError
+from llmprod.errors import ConfigError, NotFoundError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -19,3 +19,11 @@ def find_bundled(name_or_path: str | Path, folder: Path, what: str) -> Path:
         return bundled
     names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     raise NotFoundError(f"no {what} {name_or_path}", hint=f"give a path, or a bundled {what}: {names}")
+
+
+def yaml_error(path: Path, exc: Exception) -> ConfigError:
+    """A YAML syntax error as one line naming the file and the line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    return ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})",
+                       hint="fix the YAML syntax")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from llmprod.bundled import RECIPES, find_bundled
+from llmprod.bundled import RECIPES, find_bundled, yaml_error
 from llmprod.errors import ConfigError
 from llmprod.quantize.spec import QuantizeSettings, QuantizeSpec
 
@@ -58,9 +58,7 @@ def settings_from_recipe(path: Path) -> QuantizeSettings:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}", hint="fix the syntax") from exc
+        raise yaml_error(path, exc) from exc
     mods = modifiers_of(data, source)
     names = [n for n, _ in mods]
     if "AWQModifier" in names:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmprod.bundled import RECIPES, find_bundled
+from llmprod.bundled import RECIPES, find_bundled, yaml_error
 from llmprod.errors import ConfigError
 from llmprod.serve.guardrails import detectors
 from llmprod.serve.guardrails.types import ACTIONS
@@ -104,10 +104,7 @@ def load_policy(name_or_path: str | Path) -> Policy:
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})",
-                          hint="fix the YAML syntax") from None
+        raise yaml_error(path, exc) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}", hint="give a readable UTF-8 YAML file") from None
     return _parse(root, path)
