@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from llmprod import interrupts
 from llmprod.errors import require
 from llmprod.quantize.calibration import CalibrationSet
 from llmprod.quantize.spec import QuantizeSpec
@@ -42,8 +43,6 @@ class QuantizationBackend(Protocol):
 
 def _track_layers(model, on_layer: LayerProgress | None) -> list:
     """Forward pre-hooks on the decoder layers: calibration runs them in order, one after another."""
-    if on_layer is None:
-        return []
     layers = None
     for module in model.modules():
         if type(module).__name__.endswith("ModuleList") and len(module) and type(module[0]).__name__.endswith(
@@ -53,7 +52,15 @@ def _track_layers(model, on_layer: LayerProgress | None) -> list:
     if layers is None:
         return []
     n = len(layers)
-    return [layer.register_forward_pre_hook(lambda *_, i=i: on_layer(i + 1, n)) for i, layer in enumerate(layers)]
+
+    def pre_hook(i: int):
+        def hook(*_):
+            interrupts.check()  # a Ctrl-C a library swallowed is raised again at the next layer
+            if on_layer is not None:
+                on_layer(i + 1, n)
+        return hook
+
+    return [layer.register_forward_pre_hook(pre_hook(i)) for i, layer in enumerate(layers)]
 
 
 class LlmCompressorBackend:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmprod import __version__
+from llmprod import interrupts
 from llmprod.errors import InputError, LlmprodError, OfflineError, OperationFailed, require
 from llmprod.modelio import ModelRef, hub_offline, resolve_model
 from llmprod.quantize import calibration
@@ -167,7 +168,8 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         hooks.stage(f"quantizing with {backend.library} ({spec.settings.method.upper()} {spec.scheme_name()}, "
                     f"group size {spec.settings.group_size}) on {device}")
         t0 = time.perf_counter()
-        backend.run(QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer))
+        with interrupts.latched():
+            backend.run(QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer))
         quantize_seconds = time.perf_counter() - t0
         gc.collect()  # the backend's model is garbage now: free it before the reload check
         peak_gpu = torch.cuda.max_memory_allocated() if device == "cuda" else None
