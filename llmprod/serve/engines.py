@@ -23,8 +23,7 @@ from typing import Callable
 
 from llmprod.errors import InputError, OperationFailed
 
-ENGINES = ("auto", "vllm", "transformers")
-# Options that only mean something to vLLM: refused with the embedded engine instead of silently ignored.
+# Options that only mean something to vLLM (each passed as --max-model-len etc.): refused with the embedded engine instead of silently ignored.
 VLLM_ONLY = ("max_model_len", "gpu_memory_utilization", "kv_cache_dtype", "tensor_parallel_size")
 
 
@@ -89,6 +88,10 @@ def choose_engine(requested: str, vllm_path: str | None, has_gpu: bool) -> tuple
     return "vllm", f"vLLM found at {vllm_path} and a GPU is visible"
 
 
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,12 +104,10 @@ def vllm_command(vllm_path: str, model: str, served_name: str, port: int, option
     # kernel (Marlin / Machete for compressed-tensors W4A16, awq_marlin for AWQ GEMM).
     argv = [vllm_path, "serve", model, "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", served_name]
-    flags = {"max_model_len": "--max-model-len", "gpu_memory_utilization": "--gpu-memory-utilization",
-             "kv_cache_dtype": "--kv-cache-dtype", "tensor_parallel_size": "--tensor-parallel-size"}
-    for name, flag in flags.items():
+    for name in VLLM_ONLY:
         value = getattr(options, name)
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [_flag(name), str(value)]
     argv += list(options.extra_args)
     return EngineCommand("vllm", tuple(argv), port, served_name, reason)
 
@@ -119,9 +120,9 @@ CPU_CACHE_MEMORY_PERCENT = 0.05
 
 def transformers_command(model: str, port: int, options: EngineOptions, reason: str,
                          cache_dir: Path | None = None, on_gpu: bool = True) -> EngineCommand:
-    given = [name.replace("_", "-") for name in VLLM_ONLY if getattr(options, name) is not None]
+    given = [_flag(name) for name in VLLM_ONLY if getattr(options, name) is not None]
     if given:
-        raise InputError(f"--{', --'.join(given)} only apply to the vLLM engine",
+        raise InputError(f"{', '.join(given)} only apply to the vLLM engine",
                          hint="drop them, or serve with --engine vllm (pass embedded-engine flags after --)")
     argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", model, "--host", "127.0.0.1",
             "--port", str(port), "--continuous-batching", "--log-level", "warning", *options.extra_args]
@@ -171,23 +172,26 @@ class EngineProcess:
     async def wait_ready(self, timeout: float, client) -> None:
         """Poll /health until it answers 200; the engine exiting or the timeout raise EngineFailed."""
         deadline = time.monotonic() + timeout
-        url = f"{self.command.base_url}/health"
         while True:
             code = self.exit_code()
             if code is not None:
                 raise EngineFailed(f"the {self.command.kind} engine exited with code {code} before it was ready",
                                    hint=f"its log is {self.log_path}: {last_line(self.log_path)}")
-            try:
-                response = await client.get(url, timeout=2.0)
-                if response.status_code == 200:
-                    return
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
+            if await self.healthy(client):
+                return
             if time.monotonic() > deadline:
                 self.stop()
                 raise EngineFailed(f"the {self.command.kind} engine was not ready after {timeout:.0f} s",
                                    hint=f"its log is {self.log_path}; raise --engine-timeout for large models")
             await asyncio.sleep(0.25)
+
+    async def healthy(self, client) -> bool:
+        """Whether the engine answers /health with 200 now."""
+        try:
+            response = await client.get(f"{self.command.base_url}/health", timeout=2.0)
+        except Exception:  # noqa: BLE001 - not listening (yet), or gone
+            return False
+        return response.status_code == 200
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the engine's whole process group, then SIGKILL what is left after `grace` seconds."""
@@ -273,7 +277,7 @@ class Supervisor:
         while not self.stopping:
             await asyncio.sleep(0.2)
             if self.engine.alive():
-                if not self.state.up and await self._healthy(client):
+                if not self.state.up and await self.engine.healthy(client):
                     self.state.mark_up()  # a transient failure marked it down; it answers again
                 continue
             if self.stopping:
@@ -297,10 +301,3 @@ class Supervisor:
             self.on_restart()
             self.state.mark_up()
             self.on_event(f"the {self.engine.command.kind} engine is back (pid {self.engine.pid})")
-
-    async def _healthy(self, client) -> bool:
-        try:
-            response = await client.get(f"{self.engine.command.base_url}/health", timeout=2.0)
-        except Exception:  # noqa: BLE001
-            return False
-        return response.status_code == 200

@@ -323,16 +323,14 @@ class Gateway:
             else:
                 holder[key] = decision.texts[0]
 
-    def _count_usage(self, route: str, usage: Any) -> int | None:
+    def _count_usage(self, route: str, usage: Any) -> None:
         if not isinstance(usage, dict):
-            return None
+            return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int):
             self.metrics.prompt_tokens.labels(route).inc(prompt)
         if isinstance(completion, int):
             self.metrics.output_tokens.labels(route).inc(completion)
-            return completion
-        return None
 
     async def _stream(self, route: str, payload: dict, context: str, arrived: float):
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
@@ -379,7 +377,6 @@ class StreamRelay:
         self.chat = route == "chat"
         self.first_text_at: float | None = None
         self.last_text_at: float | None = None
-        self.output_tokens: int | None = None
         self.status = "200"
         self.closed = False
         self.text_in_batch = False
@@ -428,7 +425,7 @@ class StreamRelay:
         payload = json.loads(data)
         usage = payload.get("usage")
         if usage:
-            self.output_tokens = self.gateway._count_usage(self.route, usage)
+            self.gateway._count_usage(self.route, usage)
         if not payload.get("choices"):
             return payload, self.client_wants_usage
         if not self.client_wants_usage:

@@ -86,10 +86,7 @@ class Pattern:
 
 
 class Detector:
-    """A named check made of patterns; `categories` filters which of them run."""
-
-    name = ""
-    patterns: Sequence[Pattern] = ()
+    """A check made of patterns, most specific first."""
 
     def __init__(self, patterns: Sequence[Pattern]) -> None:
         self.patterns = list(patterns)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from llmprod.serve.guardrails import detectors
 from llmprod.serve.guardrails.normalize import normalize
 from llmprod.serve.guardrails.policy import CHECKS, CheckConfig, Policy
-from llmprod.serve.guardrails.types import SEVERITY, Decision, Finding
+from llmprod.serve.guardrails.types import Decision, Finding
 
 PLACEHOLDERS = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "ssn": "[SSN]", "iban": "[IBAN]",
                 "ipv4": "[IP]", "ipv6": "[IP]"}
@@ -196,6 +196,3 @@ class PolicyGuard:
 
         return OutputScanner(self, context)
 
-
-def strongest(findings: Sequence[Finding]) -> str:
-    return max((f.action for f in findings), key=SEVERITY.__getitem__, default="allow")

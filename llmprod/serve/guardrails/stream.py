@@ -61,7 +61,6 @@ class OutputScanner:
         self.patterns = [p for c in self.checks for p in c.detector.patterns]
         self.pending = ""
         self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
-        self.sent_parts: list[str] = []  # what was released (after redaction), for the model checks
         self.received_parts: list[str] = []
         self.chunks = 0
         self.chunks_at_last_model_check = 0
@@ -147,8 +146,6 @@ class OutputScanner:
         self._count(released)
         self.left = text[:boundary][-LEFT_CONTEXT:]
         self.pending = text[boundary:]
-        if emit:
-            self.sent_parts.append(emit)
         return StreamStep(emit)
 
     def _redacted(self, text: str, findings, offset: int) -> str:
