@@ -74,7 +74,7 @@ class LlmCompressorBackend:
         from llmcompressor import oneshot
         from llmcompressor.recipe import Recipe
 
-        from llmprod.quantize.compat import skip_pinning_without_accelerator
+        from llmprod.quantize.compat import forget_traced_namespaces, skip_pinning_without_accelerator
 
         # Loaded on the CPU; llm-compressor's sequential pipeline onloads one decoder layer at a
         # time to the accelerator, so peak GPU memory is about one layer plus activations.
@@ -84,7 +84,7 @@ class LlmCompressorBackend:
         data = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
         hooks = _track_layers(model, job.on_layer)
         try:
-            with skip_pinning_without_accelerator():
+            with skip_pinning_without_accelerator(), forget_traced_namespaces():
                 oneshot(
                     model=model,
                     dataset=data,

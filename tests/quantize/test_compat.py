@@ -1,13 +1,17 @@
-"""The CPU workaround for llm-compressor's AWQ pin_memory: narrow, reversible, and still needed."""
+"""Workarounds for llm-compressor bugs (llmprod/quantize/compat.py): narrow, reversible, still needed."""
 
 from __future__ import annotations
+
+import contextlib
+import gc
+import weakref
 
 import pytest
 import torch
 
 from llmcompressor.pipelines.cache import IntermediatesCache
 
-from llmprod.quantize.compat import skip_pinning_without_accelerator
+from llmprod.quantize.compat import forget_traced_namespaces, skip_pinning_without_accelerator
 
 original = IntermediatesCache.__dict__["pin_memory"]
 
@@ -40,3 +44,46 @@ def test_nothing_is_patched_when_an_accelerator_exists(monkeypatch):
     with skip_pinning_without_accelerator() as active:
         assert not active
         assert IntermediatesCache.__dict__["pin_memory"] is original
+
+
+def _model_after_tracing(workaround: bool) -> weakref.ref:
+    """llm-compressor's autowrapping of a Llama forward, as its sequential pipeline does it; the model
+    is then dropped. Returns a weak reference: alive means something still holds the model."""
+    import transformers
+    from llmcompressor.pipelines.sequential.ast_helpers import autowrap_forwards
+
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+    model = transformers.LlamaForCausalLM(config)
+    ref = weakref.ref(model)
+    with forget_traced_namespaces() if workaround else contextlib.nullcontext():
+        with autowrap_forwards([model, model.model], []):
+            pass
+    del model
+    gc.collect()
+    return ref
+
+
+def test_upstream_still_keeps_the_traced_model():
+    # When this fails, llm-compressor or torch.fx no longer leak the namespace: delete the workaround.
+    assert _model_after_tracing(workaround=False)() is not None
+
+
+def test_the_model_is_freed_after_tracing():
+    assert _model_after_tracing(workaround=True)() is None
+
+
+def test_module_level_fx_wraps_are_kept():
+    from torch.fx import _symbolic_trace
+
+    registry = _symbolic_trace._wrapped_fns_to_patch
+    module_key = (id(_symbolic_trace.__dict__), "llmprod_test_fn")
+    exec_namespace = {"__name__": _symbolic_trace.__name__}
+    with forget_traced_namespaces():
+        registry[module_key] = _symbolic_trace.__dict__
+        registry[(id(exec_namespace), "llmprod_test_fn")] = exec_namespace
+    try:
+        assert module_key in registry
+        assert (id(exec_namespace), "llmprod_test_fn") not in registry
+    finally:
+        registry.pop(module_key, None)
