@@ -134,11 +134,12 @@ def quantization_method(config: Any) -> str | None:
     return (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)) or None
 
 
-def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto"):
+def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto", dequantize: bool = True):
     """The model in eval mode on `device`; quantized checkpoints load through their quantization_config.
 
-    compressed-tensors checkpoints are decompressed at load (transformers' packed forward does not run
-    on every device); AWQ GEMM checkpoints need gptqmodel's kernels in transformers 5, and where it is
+    compressed-tensors checkpoints are decompressed at load with `dequantize`, or else kept packed as
+    stored and decompressed by compressed-tensors on the first forward pass (the same weights, without
+    building a dense copy at load: what a one-forward check wants); AWQ GEMM checkpoints need gptqmodel's kernels in transformers 5, and where it is
     not installed (any CPU machine) their weights are dequantized with AutoAWQ's own unpacking.
     """
     transformers = require("transformers", "model")
@@ -150,7 +151,7 @@ def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto"):
     kwargs: dict[str, Any] = {}
     try:
         if method == "compressed-tensors":
-            kwargs["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=True)
+            kwargs["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=dequantize)
         elif method == "awq" and importlib.util.find_spec("gptqmodel") is None:
             return _load_awq_dequantized(ref, config, torch_dtype, device)
         model = transformers.AutoModelForCausalLM.from_pretrained(

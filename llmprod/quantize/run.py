@@ -177,7 +177,9 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         (workdir / "recipe.yaml").write_text(recipe_yaml(spec) if backend.name == "compressed-tensors"
                                              else _autoawq_record(spec, workdir))
         hooks.stage("reloading the checkpoint with transformers")
+        t0 = time.perf_counter()
         check = reload_check(workdir)
+        reload_seconds = time.perf_counter() - t0
         result = {
             "output": str(spec.output),
             "method": spec.settings.method,
@@ -191,6 +193,7 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
             "size_bytes_after": weights_size(workdir),
             "seconds": round(time.perf_counter() - started, 2),
             "quantize_seconds": round(quantize_seconds, 2),
+            "reload_seconds": round(reload_seconds, 2),
             "peak_host_memory_bytes": peak_host,
             "peak_gpu_memory_bytes": peak_gpu,
             "device": device,
@@ -243,7 +246,7 @@ def reload_check(path: Path) -> dict[str, Any]:
     from llmprod.modelio import load_causal_lm, load_tokenizer
 
     ref = resolve_model(str(path))
-    model = load_causal_lm(ref, device="auto")
+    model = load_causal_lm(ref, device="auto", dequantize=False)
     tokenizer = load_tokenizer(ref)
     ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     with torch.inference_mode():
