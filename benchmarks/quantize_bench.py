@@ -5,7 +5,7 @@
    forward pass, manifest and model card. Goal: <= 1.05x time, <= 1.10x memory.
 2. llm-compressor AWQ vs AutoAWQ (the legacy engine) on the same samples.
 
-Every run is its own process (peak RSS from wait4), runs alternate, median of --repeats. Calibration
+Every run is its own process (peak RSS from wait4), runs alternate ABBA, median of --repeats. Calibration
 samples are chosen once by llmprod's loader and handed to the plain scripts as token ids, so all
 runs see identical data (the fingerprint is checked).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -73,8 +74,8 @@ def main() -> None:
 
     chosen = args.pairs.split(",")
     pairs = {}
-    for method in ("gptq", "awq"):
-        if method in chosen:
+    for method in chosen:  # in the order given: a run stopped by a time limit keeps the first pairs
+        if method in ("gptq", "awq"):
             pairs[f"{method}: llmprod vs plain llm-compressor"] = (
                 lambda out, m=method: llmprod(m, "compressed-tensors", out), plain(method))
     if "autoawq" in chosen:
@@ -83,28 +84,47 @@ def main() -> None:
             lambda out: [sys.executable, str(HERE / "plain_autoawq.py"), str(model), str(out), str(samples_file),
                          str(args.seq_len)])
 
+    os.sync()  # the model was just written: its write-back must not land inside a measured run
     results = {}
     for name, (first, second) in pairs.items():
         runs = {"first": [], "second": []}
-        for _ in range(args.repeats):
-            for key, make in (("first", first), ("second", second)):
+        for i in range(args.repeats):
+            # ABBA: alternate which side goes first, so page cache and clock drift favour neither
+            order = (("first", first), ("second", second))
+            for key, make in order if i % 2 == 0 else order[::-1]:
                 tmp = Path(tempfile.mkdtemp(dir=args.work))
                 try:
                     r = run_measured(make(tmp / "out"))
                     runs[key].append({"seconds": r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"],
-                                      "peak_gpu_bytes": _gpu_peak(r["stdout"])})
+                                      "peak_gpu_bytes": _gpu_peak(r["stdout"]), **_stages(r["stdout"])})
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-        keys = ("seconds", "peak_rss_bytes") + (("peak_gpu_bytes",) if runs["first"][0]["peak_gpu_bytes"] else ())
-        a = {k: median([r[k] for r in runs["first"]]) for k in keys}
-        b = {k: median([r[k] for r in runs["second"]]) for k in keys}
-        results[name] = {"first": a, "second": b, "time_ratio": a["seconds"] / b["seconds"],
-                         "host_memory_ratio": a["peak_rss_bytes"] / b["peak_rss_bytes"], "runs": runs}
-        if "peak_gpu_bytes" in a and b.get("peak_gpu_bytes"):
-            results[name]["gpu_memory_ratio"] = a["peak_gpu_bytes"] / b["peak_gpu_bytes"]
+                if runs["first"] and runs["second"]:
+                    results[name] = _compare(runs)
+                    _write(args, model, calib, results)  # a run stopped by a time limit keeps what it measured
         print(f"{name}: " + ", ".join(f"{k} x{v:.3f}" for k, v in results[name].items() if k.endswith("ratio")),
               flush=True)
-        _write(args, model, calib, results)  # after every pair: a stopped run keeps what it measured
+
+
+def _compare(runs: dict) -> dict:
+    keys = ("seconds", "peak_rss_bytes") + (("peak_gpu_bytes",) if runs["first"][0]["peak_gpu_bytes"] else ())
+    a = {k: median([r[k] for r in runs["first"]]) for k in keys}
+    b = {k: median([r[k] for r in runs["second"]]) for k in keys}
+    result = {"first": a, "second": b, "time_ratio": a["seconds"] / b["seconds"],
+              "host_memory_ratio": a["peak_rss_bytes"] / b["peak_rss_bytes"], "runs": runs}
+    if "peak_gpu_bytes" in a and b.get("peak_gpu_bytes"):
+        result["gpu_memory_ratio"] = a["peak_gpu_bytes"] / b["peak_gpu_bytes"]
+    return result
+
+
+def _stages(stdout: str) -> dict:
+    """llmprod's own split of its time: the quantization proper and the reload check."""
+    try:
+        doc = json.loads(stdout)
+    except ValueError:
+        return {}
+    keys = ("quantize_seconds", "reload_seconds")
+    return {"llmprod_" + k: doc[k] for k in keys if isinstance(doc, dict) and k in doc}
 
 
 def _gpu_peak(stdout: str) -> int | None:
