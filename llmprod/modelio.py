@@ -139,8 +139,9 @@ def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto", deq
 
     compressed-tensors checkpoints are decompressed at load with `dequantize`, or else kept packed as
     stored and decompressed by compressed-tensors on the first forward pass (the same weights, without
-    building a dense copy at load: what a one-forward check wants); AWQ GEMM checkpoints need gptqmodel's kernels in transformers 5, and where it is
-    not installed (any CPU machine) their weights are dequantized with AutoAWQ's own unpacking.
+    building a dense copy at load: what a one-forward check wants). AWQ GEMM checkpoints need
+    gptqmodel's kernels in transformers 5, and where it is not installed (any CPU machine) their
+    weights are dequantized with AutoAWQ's own unpacking.
     """
     transformers = require("transformers", "model")
     quiet_backends()
