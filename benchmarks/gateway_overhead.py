@@ -8,7 +8,8 @@ and one with the default policy. The same client (`llmprod bench`) loads each ta
 interleaved so machine noise hits all alike; per target and concurrency: the median over rounds of TTFT
 p50/p99 and output tokens/s. Reported: TTFT added by the gateway (ms) and throughput kept (ratio).
 Everything shares this machine's cores: the client, the engine and the gateway compete for them, so at
-high concurrency the ratio also measures the gateway's CPU use per token.
+high concurrency the ratio also measures the gateway's CPU use per token, which is reported beside the
+engine's (CPU seconds from /proc over each run, per streamed token).
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench(url: str, levels: str, requests: int | None, output_tokens: int) -> dict:
     args = [sys.executable, "-m", "llmprod", "bench", url, "--model", "fake", "--concurrency", levels,
             "--input-tokens", "64", "--output-tokens", str(output_tokens), "--json"]
@@ -72,17 +79,26 @@ def main() -> int:
         engine = f"http://127.0.0.1:{engine_port}"
         wait_ready(f"{engine}/health")
         targets = {"direct": engine}
+        pids = {"direct": None}
         for name, flags in (("gateway", ["--no-guardrails"]), ("gateway+default-policy", [])):
             port = free_port()
             procs.append(subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream", engine,
                                            "--port", str(port), *flags], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
-            targets[name] = f"http://127.0.0.1:{port}"
+            targets[name], pids[name] = f"http://127.0.0.1:{port}", procs[-1].pid
             wait_ready(f"{targets[name]}/health")
         runs: dict[str, list[dict]] = {name: [] for name in targets}
+        # CPU per streamed token of the engine and of the gateway (the client's includes its start-up)
+        cpu: dict[str, list[dict]] = {name: [] for name in targets}
         for _ in range(args.rounds):
             for name, url in targets.items():
+                before = {"engine": cpu_seconds(procs[0].pid),
+                          "gateway": cpu_seconds(pids[name]) if pids[name] else 0.0}
                 runs[name].append(bench(url, args.concurrency, None, args.output_tokens))
+                tokens = sum(level["output_tokens"] for level in runs[name][-1].values())
+                cpu[name].append({
+                    "engine": (cpu_seconds(procs[0].pid) - before["engine"]) / tokens * 1e6,
+                    "gateway": ((cpu_seconds(pids[name]) - before["gateway"]) / tokens * 1e6) if pids[name] else 0.0})
     finally:
         for proc in procs:
             proc.terminate()
@@ -109,9 +125,12 @@ def main() -> int:
             got["throughput_ratio"] = round(got["output_tokens_per_s"] / direct["output_tokens_per_s"], 3)
             row[name] = got
         table.append(row)
+    cpu_us_per_token = {name: {part: round(statistics.median(r[part] for r in cpu[name]), 2)
+                               for part in ("engine", "gateway")} for name in targets}
     result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "rounds": args.rounds, "output_tokens": args.output_tokens,
-              "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table}
+              "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table,
+              "cpu_us_per_output_token": cpu_us_per_token}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for row in table:
@@ -119,6 +138,8 @@ def main() -> int:
               f"{row['direct']['output_tokens_per_s']:.0f} tok/s | " + " | ".join(
                   f"{n}: +{row[n]['added_ttft_p50_ms']:.2f} ms p50, +{row[n]['added_ttft_p99_ms']:.2f} ms p99, "
                   f"{row[n]['throughput_ratio']:.2f}x" for n in ("gateway", "gateway+default-policy")))
+    print("CPU per output token (us): " + ", ".join(
+        f"{name}: engine {v['engine']:.1f}, gateway {v['gateway']:.1f}" for name, v in cpu_us_per_token.items()))
     return 0
 
 
