@@ -92,13 +92,12 @@ def main() -> int:
         cpu: dict[str, list[dict]] = {name: [] for name in targets}
         for _ in range(args.rounds):
             for name, url in targets.items():
-                before = {"engine": cpu_seconds(procs[0].pid),
-                          "gateway": cpu_seconds(pids[name]) if pids[name] else 0.0}
+                watched = {"engine": procs[0].pid, "gateway": pids[name]}
+                before = {part: cpu_seconds(pid) for part, pid in watched.items() if pid}
                 runs[name].append(bench(url, args.concurrency, None, args.output_tokens))
                 tokens = sum(level["output_tokens"] for level in runs[name][-1].values())
-                cpu[name].append({
-                    "engine": (cpu_seconds(procs[0].pid) - before["engine"]) / tokens * 1e6,
-                    "gateway": ((cpu_seconds(pids[name]) - before["gateway"]) / tokens * 1e6) if pids[name] else 0.0})
+                cpu[name].append({part: (cpu_seconds(watched[part]) - start) / tokens * 1e6
+                                  for part, start in before.items()})
     finally:
         for proc in procs:
             proc.terminate()
@@ -125,7 +124,7 @@ def main() -> int:
             got["throughput_ratio"] = round(got["output_tokens_per_s"] / direct["output_tokens_per_s"], 3)
             row[name] = got
         table.append(row)
-    cpu_us_per_token = {name: {part: round(statistics.median(r[part] for r in cpu[name]), 2)
+    cpu_us_per_token = {name: {part: round(statistics.median(r.get(part, 0.0) for r in cpu[name]), 2)
                                for part in ("engine", "gateway")} for name in targets}
     result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "rounds": args.rounds, "output_tokens": args.output_tokens,
