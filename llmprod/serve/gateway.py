@@ -380,15 +380,17 @@ class StreamRelay:
         self.status = "200"
         self.closed = False
         self.text_in_batch = False
+        # labelled once: children of a labelled metric cost a lookup and a lock per labels() call
+        self.ttft = gateway.metrics.ttft.labels(route)
+        self.itl = gateway.metrics.itl.labels(route)
 
     def _sent_text(self) -> None:
         now = time.perf_counter()
-        metrics = self.gateway.metrics
         if self.first_text_at is None:
             self.first_text_at = now
-            metrics.ttft.labels(self.route).observe(now - self.arrived)
+            self.ttft.observe(now - self.arrived)
         else:
-            metrics.itl.labels(self.route).observe(now - self.last_text_at)
+            self.itl.observe(now - self.last_text_at)
         self.last_text_at = now
 
     async def run(self) -> AsyncIterator[bytes]:
@@ -448,10 +450,12 @@ class StreamRelay:
         return event
 
     async def _guarded_batch(self, events: list[bytes]) -> list[bytes]:
-        """The events of one read through the output scanner. Consecutive text deltas are scanned together
-        and sent as one chunk (the last delta's envelope), so scanning costs per read, not per token."""
+        """The events of one read through the output scanner. Consecutive text deltas are scanned together,
+        so scanning costs per read, not per token. What the scanner lets through unchanged goes out as the
+        upstream's own events; held or redacted text goes out as one chunk (the last delta's envelope)."""
         out: list[bytes] = []
         texts: list[str] = []
+        run: list[bytes] = []  # the events the texts came in
         template: dict | None = None
 
         async def flush_text() -> None:
@@ -462,10 +466,14 @@ class StreamRelay:
             step = await self.scanner.feed(joined)
             if step.blocked:
                 out.extend(await self._block(template, step.text))
+            elif step.verbatim:  # the usual case: the events go out as they came
+                out.extend(run)
+                self.text_in_batch = True
             elif step.text:
                 _set_text(template, step.text, self.chat)
                 self.text_in_batch = True
                 out.append(sse.encode(template))
+            run.clear()
 
         for event in events:
             data = sse.data_of(event)
@@ -488,8 +496,9 @@ class StreamRelay:
             choices = payload.get("choices") or []
             text = sse.chunk_text(payload, self.chat)
             finish = next((c.get("finish_reason") for c in choices if c.get("finish_reason")), None)
-            if text and finish is None and len(choices) == 1 and "usage" not in payload:
+            if text and finish is None and len(choices) == 1 and payload.get("usage") is None:
                 texts.append(text)
+                run.append(event)
                 template = payload
                 continue
             await flush_text()
@@ -550,6 +559,8 @@ class StreamRelay:
             self.upstream.release()  # read to the end: the connection goes back to the pool
         else:
             self.upstream.close()  # client gone or stream cut: close it, which cancels the generation
+        if self.scanner is not None:
+            self.scanner.close()
         gateway = self.gateway
         status = self.status if completed else "499"  # nginx's "client closed request"
         gateway.metrics.requests.labels(self.route, status).inc()

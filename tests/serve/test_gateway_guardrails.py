@@ -88,6 +88,28 @@ def test_streamed_output_redacts_across_chunk_boundaries(pieces, fake_engine, st
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def raw_lines(url: str, model: str, content: str) -> list[str]:
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": content}]}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        return [line for line in response.iter_lines() if line]
+
+
+def test_output_the_checks_let_through_goes_out_as_the_engines_own_events(fake_engine, start_gateway):
+    url, _ = start_gateway(fake_engine.url, guard=output_only(), models={MODEL: "fake"})
+    content = "chunks:plain |words |then |mail a@example.org |and |more |words"
+    direct = raw_lines(fake_engine.url, "fake", content)
+    through = raw_lines(url, MODEL, content)
+    assert through[:3] == direct[:3]  # the engine's bytes, not re-encoded
+    redacted = [json.loads(line[6:]) for line in through[3:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in redacted) == \
+        "mail [EMAIL] and more words"
+    assert through[-1] == "data: [DONE]"
+    metrics = httpx.get(f"{url}/metrics").text
+    # the checks' time over the whole stream is one observation per request, not one per chunk
+    assert 'llmprod_guardrail_latency_seconds_count{check="pii",stage="output"} 1.0' in metrics
+
+
 def test_streamed_output_block_ends_with_content_filter_and_cancels_upstream(start_gateway):
     engine = ThreadServer(make_app(tokens=8, itl=0.05)).start()
     try:

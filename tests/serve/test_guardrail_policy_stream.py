@@ -142,9 +142,9 @@ def test_scanning_work_is_linear_in_the_output_length():
     scanned = []
     original = guard.scan_with
 
-    def counting(text, stage, checks):
+    def counting(text, stage, checks, timings=None):
         scanned.append(len(text))
-        return original(text, stage, checks)
+        return original(text, stage, checks, timings)
 
     guard.scan_with = counting
     words = ("the model writes ordinary prose with numbers like 42 and words of all sizes " * 60).split(" ")
@@ -168,3 +168,59 @@ def test_long_runs_that_cannot_become_a_match_are_not_held_back():
     assert gibberish.startswith(out) and len(gibberish) - len(out) <= 64  # only an e-mail's local part
     # With an "@" in the run, all of it could belong to an e-mail: held until the run ends.
     assert asyncio.run(released_after("write to someone.long.name@exam")) == "write to "
+
+
+def test_hold_back_shortcuts_agree_with_the_per_pattern_rule():
+    # A trailing run shorter than every token pattern is decided with one search over all hints; checked
+    # here against the rule itself, pattern by pattern (forced by a plan that never takes the shortcut).
+    import random
+
+    from llmprod.serve.guardrails.stream import HoldBack
+
+    guard = output_guard(("pii", "redact"), ("secrets", "block"))
+    patterns = [p for c in guard.deterministic("output") for p in c.detector.patterns]
+    fast, rule = HoldBack(patterns), HoldBack(patterns)
+    rule.shortest_token = -1
+    assert fast.shortest_token >= 8
+    alphabet = ["a", "Z", "k", "1", "7", " ", " ", "@", ":", ".", "-", "AKIA", "ghp_", "eyJ", "GB", "(", ")", "\n",
+                "api_key = '", "token: ", "-----BEGIN"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        for floor in (0, len(text) // 2):
+            assert fast.start(text, floor) == rule.start(text, floor), (text, floor)
+
+
+def test_a_feed_released_unchanged_is_marked_verbatim():
+    guard = output_guard(("pii", "redact"), ("secrets", "block"))
+
+    async def steps(pieces):
+        scanner = guard.output_stream("")
+        return [(step.text, step.verbatim) for step in [await scanner.feed(p) for p in pieces]]
+
+    assert asyncio.run(steps(["the model ", "writes"])) == [("the model ", True), ("", False)]
+    # held back (it could become a phone number), then released redacted with the next piece
+    assert asyncio.run(steps(["room 555", " 0199 now ", "then "])) == [
+        ("", False), ("room [PHONE] now ", False), ("then ", True)]
+    assert asyncio.run(steps(["mail a@example.org ", "ok "])) == [("mail [EMAIL] ", False), ("ok ", True)]
+
+
+def test_a_stream_reports_each_checks_latency_once():
+    from llmprod.serve.metrics import GatewayMetrics
+
+    guard = output_guard(("pii", "redact"), ("secrets", "block"))
+    metrics = GatewayMetrics()
+    guard.attach_metrics(metrics)
+
+    async def stream():
+        scanner = guard.output_stream("")
+        for piece in ["word "] * 50:
+            await scanner.feed(piece)
+        await scanner.finish()
+        scanner.close()
+        scanner.close()  # the relay's close after an end already reported: nothing twice
+
+    asyncio.run(stream())
+    text = metrics.render()[0].decode()
+    for check in ("prefilter", "pii", "secrets"):
+        assert f'llmprod_guardrail_latency_seconds_count{{check="{check}",stage="output"}} 1.0' in text

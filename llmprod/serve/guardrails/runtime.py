@@ -79,6 +79,7 @@ class PolicyGuard:
         self.name = policy.name
         self.metrics = None
         self._model_loader = model_loader
+        self._holdback = None  # the output scanners' hold-back plan, built at the first stream
         self.stages = {stage: [self._compile(c) for c in policy.checks(stage)] for stage in ("input", "output")}
         self._prefilters = {stage: detectors.Prefilter([p for c in self.deterministic(stage)
                                                        for p in c.detector.patterns])
@@ -135,20 +136,32 @@ class PolicyGuard:
         """The deterministic checks of a stage on one text; spans refer to the original text."""
         return self.scan_with(text, stage, self.deterministic(stage))
 
-    def scan_with(self, text: str, stage: str, checks: Sequence[CompiledCheck]) -> list[Finding]:
+    def scan_with(self, text: str, stage: str, checks: Sequence[CompiledCheck],
+                  timings: dict[str, float] | None = None) -> list[Finding]:
+        """Findings of `checks` on one text. Each check's time goes to the latency metric, or is added to
+        `timings` (a stream's scanner sums its chunks and reports once per request)."""
         norm = normalize(text)
         findings: list[Finding] = []
         prefilter = self._prefilters.get(stage)
+        spent = {} if timings is None else timings
         started = time.perf_counter()
         candidates = prefilter.candidates(norm.text) if prefilter is not None else None
-        self._observe(stage, "prefilter", time.perf_counter() - started)
+        now = time.perf_counter()
+        spent["prefilter"] = spent.get("prefilter", 0.0) + now - started
         for check in checks:
-            started = time.perf_counter()
+            started = now
             for match in check.detector.find(norm.text, candidates):
                 start, end = norm.span(match.start, match.end)
                 findings.append(Finding(check.name, match.category, start, end, check.config.action))
-            self._observe(stage, check.name, time.perf_counter() - started)
+            now = time.perf_counter()
+            spent[check.name] = spent.get(check.name, 0.0) + now - started
+        if timings is None:
+            self.observe_timings(stage, spent)
         return findings
+
+    def observe_timings(self, stage: str, timings: dict[str, float]) -> None:
+        for check, seconds in timings.items():
+            self._observe(stage, check, seconds)
 
     def _observe(self, stage: str, check: str, seconds: float) -> None:
         if self.metrics is not None:
@@ -192,7 +205,9 @@ class PolicyGuard:
         return await self.check_output(text, context)
 
     def output_stream(self, context: str):
-        from llmprod.serve.guardrails.stream import OutputScanner
+        from llmprod.serve.guardrails.stream import HoldBack, OutputScanner
 
-        return OutputScanner(self, context)
+        if self._holdback is None:
+            self._holdback = HoldBack([p for c in self.deterministic("output") for p in c.detector.patterns])
+        return OutputScanner(self, context, self._holdback)
 

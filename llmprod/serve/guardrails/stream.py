@@ -52,13 +52,73 @@ def _tail_run_start(text: str, limit: int) -> int:
     return i
 
 
+def _any_of(triggers: list[str]):
+    """One case-insensitive RE2 that matches wherever any of the triggers does; None without triggers."""
+    if not triggers:
+        return None
+    from llmprod.serve.guardrails.detectors import compile_re2
+
+    return compile_re2("|".join(f"(?:{t})" for t in triggers), case_insensitive=True)
+
+
+class HoldBack:
+    """Where the pending text must be held back, for one set of patterns. Built once per policy: `start`
+    runs on every chunk of every stream, so what it needs per pattern kind is prepared here."""
+
+    def __init__(self, patterns) -> None:
+        self.tokens = [(min(p.max_len, MAX_TOKEN_RUN), re.compile(p.hint) if p.hint else None, p.hint_tail)
+                       for p in patterns if p.stream == "token"]
+        self.token_reach = max((limit for limit, _, _ in self.tokens), default=0)
+        # For a trailing run no longer than every token pattern (a word, mostly), one search decides for all.
+        self.shortest_token = min((limit for limit, _, _ in self.tokens), default=0)
+        self.unhinted = any(hint is None for _, hint, _ in self.tokens)
+        hints = sorted({hint.pattern for _, hint, _ in self.tokens if hint is not None})
+        self.any_hint = re.compile("|".join(f"(?:{h})" for h in hints)) if hints else None
+        self.hint_tail = max((tail for _, hint, tail in self.tokens if hint is not None), default=0)
+        self.window = max((p.max_len for p in patterns if p.stream == "window"), default=0)
+        self.keywords = [p for p in patterns if p.stream == "keyword"]
+        self.keyword_reach = max((p.max_len for p in self.keywords), default=0)
+        self.any_trigger = _any_of([p.trigger for p in self.keywords])
+
+    def start(self, text: str, floor: int) -> int:
+        """Index in `text` (left context + pending) from which characters must be held; at least `floor`."""
+        end = hold = len(text)
+        if self.tokens:
+            # The trailing run, walked once; a pattern of max length L holds at most its last L characters.
+            run = _tail_run_start(text, self.token_reach)
+            if run == end:
+                pass  # the text ends in a break: no match can still grow
+            elif end - run <= self.shortest_token and (self.unhinted or self.any_hint.search(text, run)):
+                hold = run  # the whole run, for some pattern
+            elif end - run <= self.shortest_token:
+                hold = max(run, end - self.hint_tail)  # no hint in the run: the longest hint tail
+            else:
+                for limit, hint, hint_tail in self.tokens:
+                    start = max(run, end - limit)
+                    if hint is not None and hint.search(text, start) is None:
+                        # Nothing in the run can start a match yet: only its last characters might.
+                        start = max(start, end - hint_tail)
+                    hold = min(hold, start)
+        if self.window:
+            hold = min(hold, end - self.window + 1)
+        # Keyword patterns hold from their last trigger; one search first tells whether any trigger is there.
+        if self.any_trigger is not None and self.any_trigger.search(text, max(0, end - self.keyword_reach)):
+            for pattern in self.keywords:
+                last = None
+                for m in pattern.compiled_trigger().finditer(text, max(0, end - pattern.max_len)):
+                    last = m.start()
+                if last is not None:
+                    hold = min(hold, last)
+        return max(hold, floor)
+
+
 class OutputScanner:
-    def __init__(self, guard, context: str) -> None:
+    def __init__(self, guard, context: str, holdback: HoldBack | None = None) -> None:
         self.guard = guard
         self.context = context
         self.checks = guard.deterministic("output")
         self.model_checks = guard.model_checks("output")
-        self.patterns = [p for c in self.checks for p in c.detector.patterns]
+        self.holdback = holdback or HoldBack([p for c in self.checks for p in c.detector.patterns])
         self.pending = ""
         self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
         self.received_parts: list[str] = []
@@ -66,36 +126,17 @@ class OutputScanner:
         self.chunks_at_last_model_check = 0
         self.blocked = False
         self.finished = False
-
-    # -- hold-back ----------------------------------------------------------------------------------------------
-    def _hold_from(self, text: str, floor: int) -> int:
-        """Index in `text` (left context + pending) from which characters must be held; at least `floor`."""
-        hold = len(text)
-        for pattern in self.patterns:
-            if pattern.stream == "token":
-                start = _tail_run_start(text, min(pattern.max_len, MAX_TOKEN_RUN))
-                if pattern.hint is not None and not re.search(pattern.hint, text[start:]):
-                    # Nothing in the run can start a match yet: only its last characters might.
-                    start = max(start, len(text) - pattern.hint_tail)
-                hold = min(hold, start)
-            elif pattern.stream == "window":
-                hold = min(hold, len(text) - pattern.max_len + 1)
-            else:
-                lower = max(0, len(text) - pattern.max_len)
-                last = None
-                for m in pattern.compiled_trigger().finditer(text, lower):
-                    last = m.start()
-                if last is not None:
-                    hold = min(hold, last)
-        return max(hold, floor)
+        self.timings: dict[str, float] = {}  # seconds per check over the whole stream, reported by close()
 
     async def feed(self, text: str) -> StreamStep:
         if self.blocked:
             return StreamStep("", blocked=True)
+        held = bool(self.pending)
         self.pending += text
         self.received_parts.append(text)
         self.chunks += 1
         step = self._release(final=False)
+        step.verbatim = not (held or step.blocked) and step.text == text
         if step.blocked or not self.model_checks:
             return step
         every = min(c.config.options.get("every_tokens", 64) for c in self.model_checks)
@@ -128,7 +169,7 @@ class OutputScanner:
         # Findings over the left context plus the pending text; those wholly in the context were dealt
         # with before, those reaching into the pending text are clipped to it.
         findings = [f if f.start >= ctx else replace(f, start=ctx)
-                    for f in self.guard.scan_with(text, "output", self.checks) if f.end > ctx]
+                    for f in self.guard.scan_with(text, "output", self.checks, self.timings) if f.end > ctx]
         block = [f for f in findings if f.action == "block"]
         if block:
             self.blocked = True
@@ -137,7 +178,7 @@ class OutputScanner:
             self.pending = ""
             self._count(findings)
             return StreamStep(emit, blocked=True, categories=tuple(sorted({f.category for f in block})))
-        boundary = len(text) if final else self._hold_from(text, ctx)
+        boundary = len(text) if final else self.holdback.start(text, ctx)
         for f in sorted(findings, key=lambda f: f.start):
             if f.start < boundary < f.end:
                 boundary = f.start
@@ -148,7 +189,14 @@ class OutputScanner:
         self.pending = text[boundary:]
         return StreamStep(emit)
 
+    def close(self) -> None:
+        """The stream ended, whatever the reason: its checks' time goes to the latency metric once."""
+        timings, self.timings = self.timings, {}
+        self.guard.observe_timings("output", timings)
+
     def _redacted(self, text: str, findings, offset: int) -> str:
+        if not findings:
+            return text
         from llmprod.serve.guardrails.runtime import redact
 
         return redact(text, [replace(f, start=f.start - offset, end=f.end - offset) for f in findings])

@@ -56,12 +56,16 @@ class StreamStep:
     text: str  # what may be sent to the client now
     blocked: bool = False
     categories: tuple[str, ...] = ()
+    verbatim: bool = False  # `text` is exactly what this feed received: nothing held, nothing rewritten
 
 
 class OutputStream(Protocol):
     async def feed(self, text: str) -> StreamStep: ...
 
     async def finish(self) -> StreamStep: ...
+
+    def close(self) -> None:
+        """The stream ended (finished, blocked, or the client left)."""
 
 
 class Guard(Protocol):
