@@ -22,8 +22,6 @@ from llmprod.serve.engines import UpstreamState
 from llmprod.serve.guardrails.types import Decision, Guard
 from llmprod.serve.metrics import GatewayMetrics
 
-ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
-
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -75,6 +73,7 @@ class Gateway:
     # -- app ----------------------------------------------------------------------------------------------
     def _build_app(self):
         from contextlib import asynccontextmanager
+        from functools import partial
 
         from starlette.applications import Starlette
         from starlette.routing import Route
@@ -98,8 +97,8 @@ class Gateway:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/chat/completions", self.generate, methods=["POST"]),
-            Route("/v1/completions", self.generate, methods=["POST"]),
+            Route("/v1/chat/completions", partial(self.generate, "chat"), methods=["POST"]),
+            Route("/v1/completions", partial(self.generate, "completions"), methods=["POST"]),
             Route("/v1/{rest:path}", self.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
         return Starlette(routes=routes, lifespan=lifespan,
@@ -161,8 +160,7 @@ class Gateway:
         response = await self._upstream_call("GET", "/v1/models", None)
         return self._passthrough(response)
 
-    async def generate(self, request):
-        route = ROUTES[request.url.path]
+    async def generate(self, route: str, request):
         arrived = time.perf_counter()
         status, holds_slot, streaming = 500, False, False
         try:
@@ -400,11 +398,7 @@ class StreamRelay:
             async for blob in sse.blobs(self.upstream.content.iter_any()):
                 self.text_in_batch = False
                 if self.scanner is None:
-                    if sse.has_usage(blob):  # the last read: split it to count (and maybe drop) usage
-                        out = [e for e in map(self._plain, sse.split(blob)) if e is not None]
-                    else:  # everything else goes through as it came, without looking at single events
-                        self.text_in_batch = sse.has_text(blob)
-                        out = [blob]
+                    out = self._plain_batch(blob)
                 else:
                     out = await self._guarded_batch(sse.split(blob))
                 if out:
@@ -434,17 +428,29 @@ class StreamRelay:
             payload.pop("usage", None)
         return payload, True
 
-    def _plain(self, event: bytes) -> bytes | None:
-        """One event without output checks: forwarded as it came, unless it is usage the client did not want."""
+    def _plain_batch(self, blob: bytes) -> list[bytes]:
+        """The events of one read without output checks: forwarded as they came, without looking at single
+        events, except a usage chunk, which is counted (and dropped or stripped if the client did not ask)."""
+        out = []
+        for piece, is_usage in sse.around_usage(blob):
+            if is_usage:
+                piece = self._plain_usage(piece)
+                if piece is None:
+                    continue
+            elif sse.has_text(piece):
+                self.text_in_batch = True
+            out.append(piece)
+        return out
+
+    def _plain_usage(self, event: bytes) -> bytes | None:
         data = sse.data_of(event)
-        if data is None or data.strip() == sse.DONE:
+        if data is None:
             return event
-        if sse.has_usage(data):
-            payload, keep = self._usage(data)
-            if not keep:
-                return None
-            if not self.client_wants_usage:
-                event = sse.encode(payload)
+        payload, keep = self._usage(data)
+        if not keep:
+            return None
+        if not self.client_wants_usage:
+            event = sse.encode(payload)
         if sse.has_text(data):
             self.text_in_batch = True
         return event

@@ -27,12 +27,43 @@ async def blobs(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     buffer = b""
     async for chunk in chunks:
         buffer += chunk
-        end = max(buffer.rfind(b"\n\n") + 2, buffer.rfind(b"\r\n\r\n") + 4, buffer.rfind(b"\r\r") + 2)
-        if end >= 2:
+        end = _after_last_end(buffer, len(buffer))
+        if end:
             yield buffer[:end]
             buffer = buffer[end:]
     if buffer.strip():
         yield buffer  # an upstream that ended without the final blank line
+
+
+def _after_last_end(blob: bytes, stop: int) -> int:
+    """The index just past the last event terminator that ends before `stop`; 0 if there is none."""
+    end = 0
+    for terminator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        at = blob.rfind(terminator, 0, stop)
+        if at >= 0:
+            end = max(end, at + len(terminator))
+    return end
+
+
+def around_usage(blob: bytes) -> list[tuple[bytes, bool]]:
+    """The blob cut around its usage events: (piece, is_a_usage_event) in order; the pieces join to the blob.
+
+    A read of many events usually holds one usage chunk at most (the last but [DONE]); only that event
+    needs parsing, the rest goes through as it came.
+    """
+    pieces: list[tuple[bytes, bool]] = []
+    start = 0
+    while (match := _HAS_USAGE.search(blob, start)) is not None:
+        begin = max(start, _after_last_end(blob, match.start()))
+        terminator = _EVENT_END.search(blob, match.end())
+        end = terminator.end() if terminator else len(blob)
+        if begin > start:
+            pieces.append((blob[start:begin], False))
+        pieces.append((blob[begin:end], True))
+        start = end
+    if start < len(blob) or not pieces:
+        pieces.append((blob[start:], False))
+    return pieces
 
 
 def split(blob: bytes) -> list[bytes]:

@@ -231,3 +231,55 @@ def test_upstream_mode_passes_models_through(fake_engine, start_gateway):
     answer = client(url).chat.completions.create(model="anything", messages=[{"role": "user", "content": "echo"}])
     assert answer.choices[0].message.content == "echo"
     assert engine_stats(fake_engine.url)["last_body"]["model"] == "anything"
+
+
+def one_write_engine(terminator: bytes) -> ThreadServer:
+    """An engine that answers a whole stream in one write, as a fast engine's events arrive packed in one read."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def event(payload) -> bytes:
+        return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + terminator
+
+    async def chat(request):
+        body = await request.json()
+        events = [event({"id": "c", "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+                  for word in ("one ", "two ", "three")]
+        events.append(event({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        if body.get("stream_options", {}).get("include_usage"):
+            events.append(event({"id": "c", "choices": [],
+                                 "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}}))
+        events.append(event(b"[DONE]"))
+        return Response(b"".join(events), media_type="text/event-stream")
+
+    return ThreadServer(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])).start()
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["no-guardrails", "default-policy"])
+@pytest.mark.parametrize("terminator", [b"\n\n", b"\r\n\r\n"], ids=["lf", "crlf"])
+def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(start_gateway, terminator, guarded):
+    from llmprod.serve.guardrails import load_policy
+
+    engine = one_write_engine(terminator)
+    try:
+        guard = load_policy("default").runtime() if guarded else None
+        url, _ = start_gateway(engine.url, guard=guard, models={MODEL: "fake"})
+        messages = [{"role": "user", "content": "hi"}]
+        chunks = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True))
+        asked = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True,
+                                                         stream_options={"include_usage": True}))
+    finally:
+        engine.stop()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
+    reasons = [c.choices[0].finish_reason for c in chunks]
+    assert reasons[-1] == "stop" and set(reasons[:-1]) == {None}
+    if not guarded:  # the events went through as they came (with a policy, held text is sent merged)
+        assert len(chunks) == 4
+    assert all(c.usage is None for c in chunks)
+    assert [c.usage.completion_tokens for c in asked if c.usage is not None] == [3]
+    assert "".join(c.choices[0].delta.content or "" for c in asked if c.choices) == "one two three"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'llmprod_output_tokens_total{route="chat"} 6.0' in metrics
+    assert 'llmprod_prompt_tokens_total{route="chat"} 8.0' in metrics
