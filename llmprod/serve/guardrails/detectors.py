@@ -418,17 +418,24 @@ class Prefilter:
     """
 
     def __init__(self, patterns: Sequence[Pattern]) -> None:
-        import re2
-
         self.patterns = list(patterns)
-        options = re2.Options()
-        options.max_mem = 256 << 20
-        options.log_errors = False
-        self._set = re2.Set.SearchSet(options)
-        for pattern in self.patterns:
-            self._set.Add(("(?i)" if pattern.case_insensitive else "") + pattern.regex)
-        self._set.Compile()
+        self._set = re2_set([("(?i)" if p.case_insensitive else "") + p.regex for p in self.patterns])
 
     def candidates(self, text: str) -> set[int]:
         hits = self._set.Match(text) or ()
         return {id(self.patterns[i]) for i in hits}
+
+
+def re2_set(regexes: Sequence[str]):
+    """An RE2 set: `.Match(text)` lists the indices of the regexes found anywhere in the text, in one pass."""
+    require("re2", "serve")
+    import re2
+
+    options = re2.Options()
+    options.max_mem = 256 << 20
+    options.log_errors = False
+    found = re2.Set.SearchSet(options)
+    for regex in regexes:
+        found.Add(regex)
+    found.Compile()
+    return found

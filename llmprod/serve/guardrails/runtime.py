@@ -149,6 +149,9 @@ class PolicyGuard:
         now = time.perf_counter()
         spent["prefilter"] = spent.get("prefilter", 0.0) + now - started
         for check in checks:
+            if candidates is not None and not candidates:  # benign text, the common case: nothing can match
+                spent.setdefault(check.name, 0.0)
+                continue
             started = now
             for match in check.detector.find(norm.text, candidates):
                 start, end = norm.span(match.start, match.end)

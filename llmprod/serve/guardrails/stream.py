@@ -52,20 +52,13 @@ def _tail_run_start(text: str, limit: int) -> int:
     return i
 
 
-def _any_of(triggers: list[str]):
-    """One case-insensitive RE2 that matches wherever any of the triggers does; None without triggers."""
-    if not triggers:
-        return None
-    from llmprod.serve.guardrails.detectors import compile_re2
-
-    return compile_re2("|".join(f"(?:{t})" for t in triggers), case_insensitive=True)
-
-
 class HoldBack:
     """Where the pending text must be held back, for one set of patterns. Built once per policy: `start`
     runs on every chunk of every stream, so what it needs per pattern kind is prepared here."""
 
     def __init__(self, patterns) -> None:
+        from llmprod.serve.guardrails.detectors import re2_set
+
         self.tokens = [(min(p.max_len, MAX_TOKEN_RUN), re.compile(p.hint) if p.hint else None, p.hint_tail)
                        for p in patterns if p.stream == "token"]
         self.token_reach = max((limit for limit, _, _ in self.tokens), default=0)
@@ -77,8 +70,8 @@ class HoldBack:
         self.hint_tail = max((tail for _, hint, tail in self.tokens if hint is not None), default=0)
         self.window = max((p.max_len for p in patterns if p.stream == "window"), default=0)
         self.keywords = [p for p in patterns if p.stream == "keyword"]
-        self.keyword_reach = max((p.max_len for p in self.keywords), default=0)
-        self.any_trigger = _any_of([p.trigger for p in self.keywords])
+        # which triggers occur at all, in one pass: the trigger searches run only for those
+        self.triggers = re2_set([f"(?i){p.trigger}" for p in self.keywords]) if self.keywords else None
 
     def start(self, text: str, floor: int) -> int:
         """Index in `text` (left context + pending) from which characters must be held; at least `floor`."""
@@ -101,14 +94,14 @@ class HoldBack:
                     hold = min(hold, start)
         if self.window:
             hold = min(hold, end - self.window + 1)
-        # Keyword patterns hold from their last trigger; one search first tells whether any trigger is there.
-        if self.any_trigger is not None and self.any_trigger.search(text, max(0, end - self.keyword_reach)):
-            for pattern in self.keywords:
-                last = None
-                for m in pattern.compiled_trigger().finditer(text, max(0, end - pattern.max_len)):
-                    last = m.start()
-                if last is not None:
-                    hold = min(hold, last)
+        # Keyword patterns hold from their last trigger within their reach.
+        found = (self.triggers.Match(text) or ()) if self.triggers is not None else ()
+        for pattern in (self.keywords[i] for i in found):
+            last = None
+            for m in pattern.compiled_trigger().finditer(text, max(0, end - pattern.max_len)):
+                last = m.start()
+            if last is not None:
+                hold = min(hold, last)
         return max(hold, floor)
 
 
