@@ -7,9 +7,11 @@ can, plain words without digits, with the usage chunk and [DONE] like vLLM) and 
 and one with the default policy. The same client (`llmprod bench`) loads each target in turn, rounds
 interleaved so machine noise hits all alike; per target and concurrency: the median over rounds of TTFT
 p50/p99 and output tokens/s. Reported: TTFT added by the gateway (ms) and throughput kept (ratio).
-Everything shares this machine's cores: the client, the engine and the gateway compete for them, so at
-high concurrency the ratio also measures the gateway's CPU use per token, which is reported beside the
-engine's (CPU seconds from /proc over each run, per streamed token).
+By default everything shares this machine's cores: the client, the engine and the gateway compete for
+them, so at high concurrency the ratio also measures the gateway's CPU use per token, which is reported
+beside the engine's (CPU seconds from /proc over each run, per streamed token). With --isolate the engine,
+the client and each gateway run on a core of their own (as a gateway does in production, beside an
+engine on a GPU), so the ratio measures the extra hop rather than the competition for CPU.
 """
 
 from __future__ import annotations
@@ -55,13 +57,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench(url: str, levels: str, requests: int | None, output_tokens: int) -> dict:
+def spawn(args: list[str], cores: set[int] | None, **kwargs) -> subprocess.Popen:
+    """Start a process, pinned to `cores` (None: wherever the system puts it). Pinned as it starts, long
+    before its imports could start a thread, so any thread it makes inherits the set."""
+    proc = subprocess.Popen(args, **kwargs)
+    if cores:
+        os.sched_setaffinity(proc.pid, cores)
+    return proc
+
+
+def bench(url: str, levels: str, duration: float, output_tokens: int, cores: set[int] | None) -> dict:
     args = [sys.executable, "-m", "llmprod", "bench", url, "--model", "fake", "--concurrency", levels,
-            "--input-tokens", "64", "--output-tokens", str(output_tokens), "--json"]
-    if requests:
-        args += ["--requests", str(requests)]
-    done = subprocess.run(args, capture_output=True, text=True, check=True)
-    return {level["concurrency"]: level for level in json.loads(done.stdout)["levels"]}
+            "--input-tokens", "64", "--output-tokens", str(output_tokens), "--duration", str(duration), "--json"]
+    proc = spawn(args, cores, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"llmprod bench exited {proc.returncode}: {err.strip()}")
+    return {level["concurrency"]: level for level in json.loads(out)["levels"]}
 
 
 def main() -> int:
@@ -70,21 +82,34 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds per concurrency level and round (a fixed request count is over in ms at c=1)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="a core of its own for the engine, the client and each gateway (needs 4 cores)")
     args = parser.parse_args()
+
+    placement: dict[str, set[int]] = {}
+    if args.isolate:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 4:
+            parser.error(f"--isolate needs 4 cores, this process may use {len(cores)}")
+        cores = cores[1:] if len(cores) > 4 else cores  # leave the first core to the system where possible
+        roles = ("engine", "client", "gateway", "gateway+default-policy")
+        placement = {role: {core} for role, core in zip(roles, cores)}
 
     procs = []
     try:
         engine_port = free_port()
-        procs.append(subprocess.Popen([sys.executable, str(ENGINE), "--port", str(engine_port), "--tokens", "4096", "--words"]))
+        procs.append(spawn([sys.executable, str(ENGINE), "--port", str(engine_port), "--tokens", "4096", "--words"],
+                           placement.get("engine")))
         engine = f"http://127.0.0.1:{engine_port}"
         wait_ready(f"{engine}/health")
         targets = {"direct": engine}
         pids = {"direct": None}
         for name, flags in (("gateway", ["--no-guardrails"]), ("gateway+default-policy", [])):
             port = free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream", engine,
-                                           "--port", str(port), *flags], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+            procs.append(spawn([sys.executable, "-m", "llmprod", "serve", "--upstream", engine, "--port", str(port),
+                                *flags], placement.get(name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             targets[name], pids[name] = f"http://127.0.0.1:{port}", procs[-1].pid
             wait_ready(f"{targets[name]}/health")
         runs: dict[str, list[dict]] = {name: [] for name in targets}
@@ -94,7 +119,8 @@ def main() -> int:
             for name, url in targets.items():
                 watched = {"engine": procs[0].pid, "gateway": pids[name]}
                 before = {part: cpu_seconds(pid) for part, pid in watched.items() if pid}
-                runs[name].append(bench(url, args.concurrency, None, args.output_tokens))
+                runs[name].append(bench(url, args.concurrency, args.duration, args.output_tokens,
+                                        placement.get("client")))
                 tokens = sum(level["output_tokens"] for level in runs[name][-1].values())
                 cpu[name].append({part: (cpu_seconds(watched[part]) - start) / tokens * 1e6
                                   for part, start in before.items()})
@@ -127,7 +153,8 @@ def main() -> int:
     cpu_us_per_token = {name: {part: round(statistics.median(r.get(part, 0.0) for r in cpu[name]), 2)
                                for part in ("engine", "gateway")} for name in targets}
     result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "rounds": args.rounds, "output_tokens": args.output_tokens,
+              "cores": {role: sorted(c) for role, c in placement.items()} or "shared",
+              "rounds": args.rounds, "seconds_per_level": args.duration, "output_tokens": args.output_tokens,
               "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table,
               "cpu_us_per_output_token": cpu_us_per_token}
     args.out.parent.mkdir(parents=True, exist_ok=True)
