@@ -3,10 +3,11 @@
     python benchmarks/gateway_overhead.py --out benchmarks/results/gateway-overhead-cpu.json
 
 One engine (tests/serve/fake_engine.py: a real HTTP server on loopback that streams tokens as fast as it
-can, plain words without digits, with the usage chunk and [DONE] like vLLM) and two gateways in front of it, one with --no-guardrails
-and one with the default policy. The same client (`llmprod bench`) loads each target in turn, rounds
-interleaved so machine noise hits all alike; per target and concurrency: the median over rounds of TTFT
-p50/p99 and output tokens/s. Reported: TTFT added by the gateway (ms) and throughput kept (ratio).
+can, plain words without digits, with the usage chunk and [DONE] like vLLM) and two gateways in front of
+it, one with --no-guardrails and one with the default policy. The same client (`llmprod bench`) loads each
+target in turn for --duration seconds per concurrency level, in A-B-C then C-B-A order round after round
+so drift hits all alike. Reported, paired by round (each gateway run against the direct run of the same
+round): TTFT p50/p99 added by the gateway (ms) and output tokens/s kept (ratio), medians and ranges.
 By default everything shares this machine's cores: the client, the engine and the gateway compete for
 them, so at high concurrency the ratio also measures the gateway's CPU use per token, which is reported
 beside the engine's (CPU seconds from /proc over each run, per streamed token). With --isolate the engine,
@@ -115,8 +116,9 @@ def main() -> int:
         runs: dict[str, list[dict]] = {name: [] for name in targets}
         # CPU per streamed token of the engine and of the gateway (the client's includes its start-up)
         cpu: dict[str, list[dict]] = {name: [] for name in targets}
-        for _ in range(args.rounds):
-            for name, url in targets.items():
+        for round_ in range(args.rounds):
+            order = list(targets.items())
+            for name, url in order if round_ % 2 == 0 else order[::-1]:  # A-B-C, C-B-A: drift cancels
                 watched = {"engine": procs[0].pid, "gateway": pids[name]}
                 before = {part: cpu_seconds(pid) for part, pid in watched.items() if pid}
                 runs[name].append(bench(url, args.concurrency, args.duration, args.output_tokens,
@@ -132,23 +134,38 @@ def main() -> int:
 
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    def med(name: str, level: int, key: str, sub: str | None = None) -> float:
-        values = [r[level][key][sub] if sub else r[level][key] for r in runs[name]]
-        return statistics.median(values)
+    def series(name: str, level: int, key: str) -> list[float]:
+        """One value per round; key "ttft_ms.p50" reaches into the nested summary."""
+        values = []
+        for r in runs[name]:
+            value = r[level]
+            for part in key.split("."):
+                value = value[part]
+            values.append(value)
+        return values
+
+    def summary(values: list[float], digits: int = 3) -> tuple[float, list[float]]:
+        return round(statistics.median(values), digits), [round(min(values), digits), round(max(values), digits)]
 
     table = []
     for level in levels:
-        direct = {"ttft_p50_ms": med("direct", level, "ttft_ms", "p50"),
-                  "ttft_p99_ms": med("direct", level, "ttft_ms", "p99"),
-                  "output_tokens_per_s": med("direct", level, "output_tokens_per_s")}
-        row = {"concurrency": level, "direct": direct}
+        base = {key: series("direct", level, key) for key in ("ttft_ms.p50", "ttft_ms.p99", "output_tokens_per_s")}
+        row = {"concurrency": level, "direct": {"ttft_p50_ms": statistics.median(base["ttft_ms.p50"]),
+                                                "ttft_p99_ms": statistics.median(base["ttft_ms.p99"]),
+                                                "output_tokens_per_s": statistics.median(base["output_tokens_per_s"])}}
         for name in ("gateway", "gateway+default-policy"):
-            got = {"ttft_p50_ms": med(name, level, "ttft_ms", "p50"), "ttft_p99_ms": med(name, level, "ttft_ms", "p99"),
-                   "output_tokens_per_s": med(name, level, "output_tokens_per_s")}
-            got["added_ttft_p50_ms"] = round(got["ttft_p50_ms"] - direct["ttft_p50_ms"], 3)
-            got["added_ttft_p99_ms"] = round(got["ttft_p99_ms"] - direct["ttft_p99_ms"], 3)
-            got["throughput_ratio"] = round(got["output_tokens_per_s"] / direct["output_tokens_per_s"], 3)
-            row[name] = got
+            got = {key: series(name, level, key) for key in base}
+            # Paired by round (the two ran back to back): the median of the per-round differences and
+            # ratios, with their range, rather than a ratio of medians taken at different times.
+            added_p50, added_p50_range = summary([g - d for g, d in zip(got["ttft_ms.p50"], base["ttft_ms.p50"])])
+            added_p99, _ = summary([g - d for g, d in zip(got["ttft_ms.p99"], base["ttft_ms.p99"])])
+            ratio, ratio_range = summary([g / d for g, d in zip(got["output_tokens_per_s"], base["output_tokens_per_s"])])
+            row[name] = {"ttft_p50_ms": statistics.median(got["ttft_ms.p50"]),
+                         "ttft_p99_ms": statistics.median(got["ttft_ms.p99"]),
+                         "output_tokens_per_s": statistics.median(got["output_tokens_per_s"]),
+                         "added_ttft_p50_ms": added_p50, "added_ttft_p50_ms_range": added_p50_range,
+                         "added_ttft_p99_ms": added_p99,
+                         "throughput_ratio": ratio, "throughput_ratio_range": ratio_range}
         table.append(row)
     cpu_us_per_token = {name: {part: round(statistics.median(r.get(part, 0.0) for r in cpu[name]), 2)
                                for part in ("engine", "gateway")} for name in targets}
@@ -162,8 +179,9 @@ def main() -> int:
     for row in table:
         print(f"c={row['concurrency']:3d} direct ttft p50 {row['direct']['ttft_p50_ms']:.2f} ms "
               f"{row['direct']['output_tokens_per_s']:.0f} tok/s | " + " | ".join(
-                  f"{n}: +{row[n]['added_ttft_p50_ms']:.2f} ms p50, +{row[n]['added_ttft_p99_ms']:.2f} ms p99, "
-                  f"{row[n]['throughput_ratio']:.2f}x" for n in ("gateway", "gateway+default-policy")))
+                  f"{n}: {row[n]['added_ttft_p50_ms']:+.2f} ms p50 {row[n]['added_ttft_p50_ms_range']}, "
+                  f"{row[n]['added_ttft_p99_ms']:+.2f} ms p99, {row[n]['throughput_ratio']:.2f}x "
+                  f"{row[n]['throughput_ratio_range']}" for n in ("gateway", "gateway+default-policy")))
     print("CPU per output token (us): " + ", ".join(
         f"{name}: engine {v['engine']:.1f}, gateway {v['gateway']:.1f}" for name, v in cpu_us_per_token.items()))
     return 0
