@@ -23,7 +23,8 @@ from typing import Callable
 
 from llmprod.errors import InputError, OperationFailed
 
-# Options that only mean something to vLLM (each passed as --max-model-len etc.): refused with the embedded engine instead of silently ignored.
+# Options that only mean something to vLLM (each passed as --max-model-len etc.): refused with the
+# embedded engine instead of silently ignored.
 VLLM_ONLY = ("max_model_len", "gpu_memory_utilization", "kv_cache_dtype", "tensor_parallel_size")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 from llmprod.serve.guardrails import detectors
@@ -79,10 +80,8 @@ class PolicyGuard:
         self.name = policy.name
         self.metrics = None
         self._model_loader = model_loader
-        self._holdback = None  # the output scanners' hold-back plan, built at the first stream
         self.stages = {stage: [self._compile(c) for c in policy.checks(stage)] for stage in ("input", "output")}
-        self._prefilters = {stage: detectors.Prefilter([p for c in self.deterministic(stage)
-                                                       for p in c.detector.patterns])
+        self._prefilters = {stage: detectors.Prefilter(self.patterns(stage))
                             for stage in ("input", "output") if self.deterministic(stage)}
 
     def _compile(self, config: CheckConfig) -> CompiledCheck:
@@ -119,6 +118,10 @@ class PolicyGuard:
 
     def deterministic(self, stage: str) -> list[CompiledCheck]:
         return [c for c in self.stages[stage] if c.detector is not None]
+
+    def patterns(self, stage: str) -> list[detectors.Pattern]:
+        """The patterns of a stage's deterministic checks, in check order."""
+        return [p for c in self.deterministic(stage) for p in c.detector.patterns]
 
     def model_checks(self, stage: str) -> list[CompiledCheck]:
         return [c for c in self.stages[stage] if c.detector is None]
@@ -207,10 +210,15 @@ class PolicyGuard:
             return await self.check_input([text])
         return await self.check_output(text, context)
 
-    def output_stream(self, context: str):
-        from llmprod.serve.guardrails.stream import HoldBack, OutputScanner
+    @cached_property
+    def _output_holdback(self):
+        """The output scanners' hold-back plan, built at the first stream and shared by all."""
+        from llmprod.serve.guardrails.stream import HoldBack
 
-        if self._holdback is None:
-            self._holdback = HoldBack([p for c in self.deterministic("output") for p in c.detector.patterns])
-        return OutputScanner(self, context, self._holdback)
+        return HoldBack(self.patterns("output"))
+
+    def output_stream(self, context: str):
+        from llmprod.serve.guardrails.stream import OutputScanner
+
+        return OutputScanner(self, context, self._output_holdback)
 

@@ -106,12 +106,12 @@ class HoldBack:
 
 
 class OutputScanner:
-    def __init__(self, guard, context: str, holdback: HoldBack | None = None) -> None:
+    def __init__(self, guard, context: str, holdback: HoldBack) -> None:
         self.guard = guard
         self.context = context
         self.checks = guard.deterministic("output")
         self.model_checks = guard.model_checks("output")
-        self.holdback = holdback or HoldBack([p for c in self.checks for p in c.detector.patterns])
+        self.holdback = holdback
         self.pending = ""
         self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
         self.received_parts: list[str] = []
