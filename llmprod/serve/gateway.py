@@ -378,6 +378,7 @@ class StreamRelay:
         self.status = "200"
         self.closed = False
         self.text_in_batch = False
+        self.usage: dict | None = None
         # labelled once: children of a labelled metric cost a lookup and a lock per labels() call
         self.ttft = gateway.metrics.ttft.labels(route)
         self.itl = gateway.metrics.itl.labels(route)
@@ -400,7 +401,7 @@ class StreamRelay:
                 if self.scanner is None:
                     out = self._plain_batch(blob)
                 else:
-                    out = await self._guarded_batch(sse.split(blob))
+                    out = await self._guarded_batch(blob)
                 if out:
                     if self.text_in_batch:
                         self._sent_text()
@@ -416,17 +417,17 @@ class StreamRelay:
             yield sse.encode(GatewayError(502, f"the engine's stream broke off ({type(exc).__name__})",
                                           "upstream_error", "upstream_stream_error").body())
 
-    def _usage(self, data: bytes) -> tuple[dict | None, bool]:
-        """(payload, keep): counts the usage; the usage-only chunk is kept only if the client asked."""
-        payload = json.loads(data)
-        usage = payload.get("usage")
-        if usage:
-            self.gateway._count_usage(self.route, usage)
+    def _usage(self, payload: dict) -> bool:
+        """Notes a chunk's usage; False when the chunk is to be dropped (usage only, and the client did
+        not ask for it). The usage is stripped from a chunk that also carries choices, unless asked for.
+        The last usage seen is counted when the stream ends: with vLLM's continuous usage stats every chunk
+        carries the running totals, which must not be added up."""
+        self.usage = payload["usage"]
         if not payload.get("choices"):
-            return payload, self.client_wants_usage
+            return self.client_wants_usage
         if not self.client_wants_usage:
             payload.pop("usage", None)
-        return payload, True
+        return True
 
     def _plain_batch(self, blob: bytes) -> list[bytes]:
         """The events of one read without output checks: forwarded as they came, without looking at single
@@ -446,23 +447,26 @@ class StreamRelay:
         data = sse.data_of(event)
         if data is None:
             return event
-        payload, keep = self._usage(data)
-        if not keep:
-            return None
-        if not self.client_wants_usage:
-            event = sse.encode(payload)
+        payload = sse.loads(data)
+        if isinstance(payload.get("usage"), dict):
+            if not self._usage(payload):
+                return None
+            if not self.client_wants_usage:
+                event = sse.encode(payload)  # the usage stripped from a chunk with choices
         if sse.has_text(data):
             self.text_in_batch = True
         return event
 
-    async def _guarded_batch(self, events: list[bytes]) -> list[bytes]:
+    async def _guarded_batch(self, blob: bytes) -> list[bytes]:
         """The events of one read through the output scanner. Consecutive text deltas are scanned together,
         so scanning costs per read, not per token. What the scanner lets through unchanged goes out as the
-        upstream's own events; held or redacted text goes out as one chunk (the last delta's envelope)."""
+        upstream's own bytes (one slice of the read); held or redacted text goes out as one chunk (the last
+        delta's envelope)."""
         out: list[bytes] = []
         texts: list[str] = []
-        run: list[bytes] = []  # the events the texts came in
+        run_start = run_end = 0  # blob[run_start:run_end]: the events the texts came in
         template: dict | None = None
+        chat = self.chat
 
         async def flush_text() -> None:
             if not texts:
@@ -473,46 +477,45 @@ class StreamRelay:
             if step.blocked:
                 out.extend(await self._block(template, step.text))
             elif step.verbatim:  # the usual case: the events go out as they came
-                out.extend(run)
+                out.append(blob[run_start:run_end])
                 self.text_in_batch = True
             elif step.text:
-                _set_text(template, step.text, self.chat)
+                _set_text(template, step.text, chat)
                 self.text_in_batch = True
                 out.append(sse.encode(template))
-            run.clear()
 
-        for event in events:
-            data = sse.data_of(event)
-            if data is None:
-                out.append(event)
-                continue
-            if data.strip() == sse.DONE:
-                await flush_text()
-                if self.closed:
-                    return out
-                out.extend(await self._flush())
-                out.append(event)
-                continue
-            if sse.has_usage(data):
-                payload, keep = self._usage(data)
-                if not keep:
-                    continue
-            else:
-                payload = json.loads(data)
-            choices = payload.get("choices") or []
-            text = sse.chunk_text(payload, self.chat)
-            finish = next((c.get("finish_reason") for c in choices if c.get("finish_reason")), None)
-            if text and finish is None and len(choices) == 1 and payload.get("usage") is None:
-                texts.append(text)
-                run.append(event)
-                template = payload
-                continue
+        for start, end, data in sse.events(blob):
+            if data is not None and data.strip() != sse.DONE:
+                payload = sse.loads(data)
+                if isinstance(payload.get("usage"), dict):
+                    if not self._usage(payload):
+                        continue
+                else:
+                    choices = payload.get("choices")
+                    if choices and len(choices) == 1:  # one text delta, not the last: the common chunk
+                        choice = choices[0]
+                        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                        if text and isinstance(text, str) and not choice.get("finish_reason"):
+                            if not texts:
+                                run_start = start
+                            texts.append(text)
+                            run_end = end
+                            template = payload
+                            continue
             await flush_text()
             if self.closed:
                 return out
-            out.extend(await self._guarded(payload, text, finish))
-            if self.closed:
-                return out
+            if data is None:  # a comment or keep-alive
+                out.append(blob[start:end])
+            elif data.strip() == sse.DONE:
+                out.extend(await self._flush())
+                out.append(blob[start:end])
+            else:
+                choices = payload.get("choices") or []
+                finish = next((c.get("finish_reason") for c in choices if c.get("finish_reason")), None)
+                out.extend(await self._guarded(payload, sse.chunk_text(payload, chat), finish))
+                if self.closed:
+                    return out
         await flush_text()
         return out
 
@@ -568,6 +571,7 @@ class StreamRelay:
         if self.scanner is not None:
             self.scanner.close()
         gateway = self.gateway
+        gateway._count_usage(self.route, self.usage)
         status = self.status if completed else "499"  # nginx's "client closed request"
         gateway.metrics.requests.labels(self.route, status).inc()
         if completed:

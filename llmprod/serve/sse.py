@@ -2,7 +2,8 @@
 
 The gateway forwards each read's complete events as soon as it has them: nothing is buffered beyond an
 unfinished event. Parsing is lazy: most chunks only need "does it carry generated text?" and
-"is it the usage chunk?", answered from the bytes without decoding JSON.
+"is it the usage chunk?", answered from the bytes without decoding JSON. Where chunks must be decoded
+(output guardrails read every text delta), orjson does it: a quarter of the stdlib's cost per chunk.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, AsyncIterator
+
+import orjson
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 # Non-empty generated text in a chat delta ("content") or a completion choice ("text").
@@ -66,18 +69,32 @@ def around_usage(blob: bytes) -> list[tuple[bytes, bool]]:
     return pieces
 
 
-def split(blob: bytes) -> list[bytes]:
-    """The events of a blob, each with its terminator."""
-    events, start = [], 0
-    while True:
-        match = _EVENT_END.search(blob, start)
-        if match is None:
-            break
-        events.append(blob[start:match.end()])
+def events(blob: bytes) -> list[tuple[int, int, bytes | None]]:
+    """The events of a blob as (start, end, data): `blob[start:end]` is the event with its terminator and
+    `data` its payload (None for comments and keep-alives). Offsets rather than copies, so a run of
+    events can go on as one slice of the blob."""
+    if b"\r" in blob:
+        return _events_any(blob)
+    found, start = [], 0
+    *whole, rest = blob.split(b"\n\n")  # LF only, the usual case: one C-speed split
+    for part in whole:
+        end = start + len(part) + 2
+        one_line = part.startswith(b"data:") and b"\n" not in part
+        found.append((start, end, part[5:].lstrip(b" ") if one_line else data_of(part)))
+        start = end
+    if rest.strip():  # an upstream that ended without the final blank line
+        found.append((start, len(blob), data_of(rest)))
+    return found
+
+
+def _events_any(blob: bytes) -> list[tuple[int, int, bytes | None]]:
+    found, start = [], 0
+    while (match := _EVENT_END.search(blob, start)) is not None:
+        found.append((start, match.end(), data_of(blob[start:match.end()])))
         start = match.end()
-    if start < len(blob) and blob[start:].strip():
-        events.append(blob[start:])
-    return events
+    if blob[start:].strip():
+        found.append((start, len(blob), data_of(blob[start:])))
+    return found
 
 
 def data_of(event: bytes) -> bytes | None:
@@ -96,8 +113,20 @@ def has_usage(data: bytes) -> bool:
     return _HAS_USAGE.search(data) is not None
 
 
+def loads(data: bytes) -> Any:
+    """A chunk's JSON. The stdlib takes what orjson refuses but engines may send (NaN, lone surrogates)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def encode(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    try:
+        body = orjson.dumps(payload)
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate (escaped here), an int beyond 64 bits
+        body = json.dumps(payload, separators=(",", ":")).encode()
+    return b"data: " + body + b"\n\n"
 
 
 def chunk_text(payload: dict[str, Any], chat: bool) -> str:

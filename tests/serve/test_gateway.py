@@ -233,8 +233,9 @@ def test_upstream_mode_passes_models_through(fake_engine, start_gateway):
     assert engine_stats(fake_engine.url)["last_body"]["model"] == "anything"
 
 
-def one_write_engine(terminator: bytes) -> ThreadServer:
-    """An engine that answers a whole stream in one write, as a fast engine's events arrive packed in one read."""
+def one_write_engine(terminator: bytes, continuous_usage: bool = False) -> ThreadServer:
+    """An engine that answers a whole stream in one write, as a fast engine's events arrive packed in one read.
+    With continuous_usage (vLLM's `continuous_usage_stats`), every chunk carries the running totals."""
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
@@ -244,11 +245,18 @@ def one_write_engine(terminator: bytes) -> ThreadServer:
 
     async def chat(request):
         body = await request.json()
-        events = [event({"id": "c", "object": "chat.completion.chunk",
-                         "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
-                  for word in ("one ", "two ", "three")]
+        usage = body.get("stream_options", {}).get("include_usage")
+        events = []
+        for i, word in enumerate(("one ", "two ", "three ")):
+            chunk = {"id": "c", "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            if usage and continuous_usage:
+                chunk["usage"] = {"prompt_tokens": 4, "completion_tokens": i + 1, "total_tokens": 5 + i}
+            events.append(event(chunk))
+            if i == 0:
+                events.append(b": keep-alive" + terminator)
         events.append(event({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-        if body.get("stream_options", {}).get("include_usage"):
+        if usage:
             events.append(event({"id": "c", "choices": [],
                                  "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}}))
         events.append(event(b"[DONE]"))
@@ -258,11 +266,13 @@ def one_write_engine(terminator: bytes) -> ThreadServer:
 
 
 @pytest.mark.parametrize("guarded", [False, True], ids=["no-guardrails", "default-policy"])
-@pytest.mark.parametrize("terminator", [b"\n\n", b"\r\n\r\n"], ids=["lf", "crlf"])
-def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(start_gateway, terminator, guarded):
+@pytest.mark.parametrize("terminator,continuous", [(b"\n\n", False), (b"\r\n\r\n", False), (b"\n\n", True)],
+                         ids=["lf", "crlf", "continuous-usage"])
+def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(start_gateway, terminator, continuous,
+                                                                             guarded):
     from llmprod.serve.guardrails import load_policy
 
-    engine = one_write_engine(terminator)
+    engine = one_write_engine(terminator, continuous)
     try:
         guard = load_policy("default").runtime() if guarded else None
         url, _ = start_gateway(engine.url, guard=guard, models={MODEL: "fake"})
@@ -272,14 +282,16 @@ def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(sta
                                                          stream_options={"include_usage": True}))
     finally:
         engine.stop()
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three "
     reasons = [c.choices[0].finish_reason for c in chunks]
     assert reasons[-1] == "stop" and set(reasons[:-1]) == {None}
     if not guarded:  # the events went through as they came (with a policy, held text is sent merged)
         assert len(chunks) == 4
-    assert all(c.usage is None for c in chunks)
-    assert [c.usage.completion_tokens for c in asked if c.usage is not None] == [3]
-    assert "".join(c.choices[0].delta.content or "" for c in asked if c.choices) == "one two three"
+    assert all(c.usage is None for c in chunks)  # not asked for: stripped, from every chunk
+    assert [c.usage.completion_tokens for c in asked if c.usage is not None][-1] == 3
+    if not continuous:
+        assert [c.usage.completion_tokens for c in asked if c.usage is not None] == [3]
+    assert "".join(c.choices[0].delta.content or "" for c in asked if c.choices) == "one two three "
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'llmprod_output_tokens_total{route="chat"} 6.0' in metrics
+    assert 'llmprod_output_tokens_total{route="chat"} 6.0' in metrics  # 3 per request, running totals not summed
     assert 'llmprod_prompt_tokens_total{route="chat"} 8.0' in metrics

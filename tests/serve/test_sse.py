@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 
 import pytest
 
@@ -77,3 +79,40 @@ def test_usage_inside_generated_text_is_not_usage():
     blob = event({"choices": [{"index": 0, "text": 'say "usage": {"x": 1}'}]})
     assert not sse.has_usage(blob)
     assert sse.around_usage(blob) == [(blob, False)]
+
+
+def test_events_are_offsets_and_payloads():
+    comment = b": keep-alive\n\n"
+    multi = b"data: {\"a\":\ndata: 1}\n\n"
+    blob = TEXT[0] + comment + multi + DONE + b"data: tail"
+    found = sse.events(blob)
+    assert [blob[start:end] for start, end, _ in found] == [TEXT[0], comment, multi, DONE, b"data: tail"]
+    assert [data for _, _, data in found] == [TEXT[0][6:-2], None, b'{"a":\n1}', b"[DONE]", b"tail"]
+    assert sse.events(b"") == [] and sse.events(b"\n\n") == [(0, 2, None)]
+
+
+def test_events_fast_path_agrees_with_the_general_one():
+    """LF-only blobs take a split-based path; it must cut and decode exactly like the terminator scan."""
+    rng = random.Random(7)
+    pieces = [b"data: x", b"data:y", b"data:  z", b"\n", b"\n\n", b": c", b"data: [DONE]", b"event: e", b" "]
+    for _ in range(3000):
+        blob = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert sse.events(blob) == sse._events_any(blob), blob
+
+
+@pytest.mark.parametrize("end", [b"\r\n\r\n", b"\r\r"])
+def test_events_with_carriage_returns(end):
+    blob = TEXT[0].replace(b"\n\n", end) + DONE.replace(b"\n\n", end)
+    assert [data for _, _, data in sse.events(blob)] == [TEXT[0][6:-2], b"[DONE]"]
+
+
+def test_loads_and_encode_take_what_orjson_refuses():
+    # NaN (Python's json writes it) and a lone surrogate: rejected by orjson, valid for the stdlib
+    assert math.isnan(sse.loads(b'{"logprob": NaN}')["logprob"])
+    lone = sse.loads(b'{"text": "\\ud83d"}')
+    assert lone == {"text": "\ud83d"}
+    encoded = sse.encode(lone)
+    assert encoded == b'data: {"text":"\\ud83d"}\n\n' and encoded.decode()  # escaped, valid UTF-8
+    big = {"text": "é", "n": 2**70}  # beyond orjson's 64-bit ints
+    assert json.loads(sse.encode(big)[6:]) == big
+    assert sse.encode({"text": "é"}) == 'data: {"text":"é"}\n\n'.encode()
