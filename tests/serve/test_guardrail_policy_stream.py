@@ -142,9 +142,9 @@ def test_scanning_work_is_linear_in_the_output_length():
     scanned = []
     original = guard.scan_with
 
-    def counting(text, stage, checks, timings=None):
+    def counting(text, stage, checks, timings=None, candidates=None):
         scanned.append(len(text))
-        return original(text, stage, checks, timings)
+        return original(text, stage, checks, timings, candidates)
 
     guard.scan_with = counting
     words = ("the model writes ordinary prose with numbers like 42 and words of all sizes " * 60).split(" ")
@@ -171,24 +171,47 @@ def test_long_runs_that_cannot_become_a_match_are_not_held_back():
 
 
 def test_hold_back_shortcuts_agree_with_the_per_pattern_rule():
-    # A trailing run shorter than every token pattern is decided with one search over all hints; checked
-    # here against the rule itself, pattern by pattern (forced by a plan that never takes the shortcut).
+    # Two shortcuts, checked against the rule itself: a trailing run shorter than every token pattern is
+    # decided with one search over all hints (the rule goes pattern by pattern), and one RE2 pass says
+    # which triggers and whether any hint occur (the rule searches for each trigger and each hint).
     import random
 
-    from llmprod.serve.guardrails.stream import HoldBack
+    from llmprod.serve.guardrails.stream import HoldBack, Look
 
     guard = output_guard(("pii", "redact"), ("secrets", "block"))
-    patterns = [p for c in guard.deterministic("output") for p in c.detector.patterns]
+    patterns = guard.patterns("output")
     fast, rule = HoldBack(patterns), HoldBack(patterns)
     rule.shortest_token = -1
+    rule.look = lambda text: Look(set(), [i for i, p in enumerate(rule.keywords)
+                                          if p.compiled_trigger().search(text)], True)
     assert fast.shortest_token >= 8
     alphabet = ["a", "Z", "k", "1", "7", " ", " ", "@", ":", ".", "-", "AKIA", "ghp_", "eyJ", "GB", "(", ")", "\n",
-                "api_key = '", "token: ", "-----BEGIN"]
+                "api_key = '", "token: ", "-----BEGIN", "call ", "\u0663", "\u00e9", "\u0430"]
     rng = random.Random(7)
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
         for floor in (0, len(text) // 2):
             assert fast.start(text, floor) == rule.start(text, floor), (text, floor)
+    # A long run whose only hint is a digit RE2 does not take for one (its \d is ASCII, re's is not).
+    digits = HoldBack([p for p in patterns if p.hint == r"\d"])
+    text = "Zqwvbnmlkjhg" * 6 + "\u0663\u0663"
+    assert digits.start(text, 0) == len(text) - max(limit for limit, _, _ in digits.tokens)
+
+
+def test_one_pass_candidates_are_the_prefilters():
+    # The scanner takes the prefilter's answer from the hold-back's single RE2 pass over ASCII text.
+    import random
+
+    guard = output_guard(("pii", "redact"), ("secrets", "block"))
+    holdback, prefilter, checks = guard._output_holdback, guard._prefilters["output"], guard.deterministic("output")
+    pieces = ["mail ", "jo@example.org", " 4111 1111 1111 1111", " AKIAIOSFODNN7EXAMPLQ", " api_key = 'abc123'",
+              " 10.0.0.1", " +44 20 7946 0958", " plain words", " ghp_" + "a1B2" * 9, " 123-45-6789", ": "]
+    rng = random.Random(3)
+    for _ in range(500):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        candidates = holdback.look(text).candidates
+        assert candidates == prefilter.candidates(text), text
+        assert guard.scan_with(text, "output", checks, {}, candidates) == guard.scan_with(text, "output", checks, {})
 
 
 def test_a_feed_released_unchanged_is_marked_verbatim():

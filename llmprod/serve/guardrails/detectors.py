@@ -419,11 +419,16 @@ class Prefilter:
 
     def __init__(self, patterns: Sequence[Pattern]) -> None:
         self.patterns = list(patterns)
-        self._set = re2_set([("(?i)" if p.case_insensitive else "") + p.regex for p in self.patterns])
+        self._set = re2_set([set_regex(p) for p in self.patterns])
 
     def candidates(self, text: str) -> set[int]:
         hits = self._set.Match(text) or ()
         return {id(self.patterns[i]) for i in hits}
+
+
+def set_regex(pattern: Pattern) -> str:
+    """A pattern's regex as an entry of an RE2 set (flags inline)."""
+    return ("(?i)" if pattern.case_insensitive else "") + pattern.regex
 
 
 def re2_set(regexes: Sequence[str]):

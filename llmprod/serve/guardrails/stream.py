@@ -22,7 +22,9 @@ from a model check ends the stream at the point where it was detected.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
+from typing import NamedTuple
 
 from llmprod.serve.guardrails.types import StreamStep
 
@@ -52,13 +54,22 @@ def _tail_run_start(text: str, limit: int) -> int:
     return i
 
 
+class Look(NamedTuple):
+    """What one pass over a text found anywhere in it."""
+
+    candidates: set[int]  # id() of the patterns that may match (as the prefilter says)
+    triggers: list[int]  # indices into HoldBack.keywords of the keyword patterns whose trigger occurs
+    hint: bool  # some token pattern's hint occurs (always True for non-ASCII text: `re` decides there)
+
+
 class HoldBack:
-    """Where the pending text must be held back, for one set of patterns. Built once per policy: `start`
-    runs on every chunk of every stream, so what it needs per pattern kind is prepared here."""
+    """Where the pending text must be held back, for one set of patterns. Built once per policy: `look`
+    and `start` run on every chunk of every stream, so what they need per pattern kind is prepared here."""
 
     def __init__(self, patterns) -> None:
-        from llmprod.serve.guardrails.detectors import re2_set
+        from llmprod.serve.guardrails.detectors import re2_set, set_regex
 
+        patterns = list(patterns)
         self.tokens = [(min(p.max_len, MAX_TOKEN_RUN), re.compile(p.hint) if p.hint else None, p.hint_tail)
                        for p in patterns if p.stream == "token"]
         self.token_reach = max((limit for limit, _, _ in self.tokens), default=0)
@@ -70,33 +81,55 @@ class HoldBack:
         self.hint_tail = max((tail for _, hint, tail in self.tokens if hint is not None), default=0)
         self.window = max((p.max_len for p in patterns if p.stream == "window"), default=0)
         self.keywords = [p for p in patterns if p.stream == "keyword"]
-        # which triggers occur at all, in one pass: the trigger searches run only for those
-        self.triggers = re2_set([f"(?i){p.trigger}" for p in self.keywords]) if self.keywords else None
+        # One RE2 pass answers all three questions of `Look`: the patterns themselves (the prefilter's
+        # set), then the keyword triggers, then the hints. One call instead of three per chunk.
+        self._ids = [id(p) for p in patterns]
+        regexes = [set_regex(p) for p in patterns] + [f"(?i){p.trigger}" for p in self.keywords]
+        self._hint_index = len(regexes) if self.any_hint is not None else -1
+        if self.any_hint is not None:
+            regexes.append(self.any_hint.pattern)
+        self._presence = re2_set(regexes) if regexes else None
 
-    def start(self, text: str, floor: int) -> int:
+    def look(self, text: str) -> Look:
+        hits = (self._presence.Match(text) or ()) if self._presence is not None else ()
+        # RE2's \d is ASCII, re's is not: for other text the hint searches run as they are.
+        candidates, triggers, hint = set(), [], not text.isascii()
+        first_trigger = len(self._ids)
+        for i in hits:
+            if i < first_trigger:
+                candidates.add(self._ids[i])
+            elif i == self._hint_index:
+                hint = True
+            else:
+                triggers.append(i - first_trigger)
+        return Look(candidates, triggers, hint)
+
+    def start(self, text: str, floor: int, look: Look | None = None) -> int:
         """Index in `text` (left context + pending) from which characters must be held; at least `floor`."""
+        if look is None:
+            look = self.look(text)
         end = hold = len(text)
         if self.tokens:
             # The trailing run, walked once; a pattern of max length L holds at most its last L characters.
             run = _tail_run_start(text, self.token_reach)
             if run == end:
                 pass  # the text ends in a break: no match can still grow
-            elif end - run <= self.shortest_token and (self.unhinted or self.any_hint.search(text, run)):
+            elif end - run <= self.shortest_token and (
+                    self.unhinted or (look.hint and self.any_hint.search(text, run))):
                 hold = run  # the whole run, for some pattern
             elif end - run <= self.shortest_token:
                 hold = max(run, end - self.hint_tail)  # no hint in the run: the longest hint tail
             else:
                 for limit, hint, hint_tail in self.tokens:
                     start = max(run, end - limit)
-                    if hint is not None and hint.search(text, start) is None:
+                    if hint is not None and (not look.hint or hint.search(text, start) is None):
                         # Nothing in the run can start a match yet: only its last characters might.
                         start = max(start, end - hint_tail)
                     hold = min(hold, start)
         if self.window:
             hold = min(hold, end - self.window + 1)
         # Keyword patterns hold from their last trigger within their reach.
-        found = (self.triggers.Match(text) or ()) if self.triggers is not None else ()
-        for pattern in (self.keywords[i] for i in found):
+        for pattern in (self.keywords[i] for i in look.triggers):
             last = None
             for m in pattern.compiled_trigger().finditer(text, max(0, end - pattern.max_len)):
                 last = m.start()
@@ -159,10 +192,20 @@ class OutputScanner:
     def _release(self, final: bool) -> StreamStep:
         ctx = len(self.left)
         text = self.left + self.pending
+        started = time.perf_counter()
+        look = self.holdback.look(text)
+        self.timings["prefilter"] = self.timings.get("prefilter", 0.0) + time.perf_counter() - started
+        # Normalisation leaves ASCII text as it is, so the look's candidates are the prefilter's answer.
+        findings = self.guard.scan_with(text, "output", self.checks, self.timings,
+                                        candidates=look.candidates if text.isascii() else None)
+        boundary = len(text) if final else self.holdback.start(text, ctx, look)
+        if not findings:  # the usual case
+            self.left = text[max(0, boundary - LEFT_CONTEXT):boundary]
+            self.pending = text[boundary:]
+            return StreamStep(text[ctx:boundary])
         # Findings over the left context plus the pending text; those wholly in the context were dealt
         # with before, those reaching into the pending text are clipped to it.
-        findings = [f if f.start >= ctx else replace(f, start=ctx)
-                    for f in self.guard.scan_with(text, "output", self.checks, self.timings) if f.end > ctx]
+        findings = [f if f.start >= ctx else replace(f, start=ctx) for f in findings if f.end > ctx]
         block = [f for f in findings if f.action == "block"]
         if block:
             self.blocked = True
@@ -171,7 +214,6 @@ class OutputScanner:
             self.pending = ""
             self._count(findings)
             return StreamStep(emit, blocked=True, categories=tuple(sorted({f.category for f in block})))
-        boundary = len(text) if final else self.holdback.start(text, ctx)
         for f in sorted(findings, key=lambda f: f.start):
             if f.start < boundary < f.end:
                 boundary = f.start
