@@ -7,7 +7,8 @@ can, plain words without digits, with the usage chunk and [DONE] like vLLM) and 
 it, one with --no-guardrails and one with the default policy. The same client (`llmprod bench`) loads each
 target in turn for --duration seconds per concurrency level, in A-B-C then C-B-A order round after round
 so drift hits all alike. Reported, paired by round (each gateway run against the direct run of the same
-round): TTFT p50/p99 added by the gateway (ms) and output tokens/s kept (ratio), medians and ranges.
+round): TTFT p50/p99 added by the gateway (ms), output tokens/s kept (ratio), and each stream's pace after
+its first token kept (ratio of TPOT p50), medians and ranges.
 By default everything shares this machine's cores: the client, the engine and the gateway compete for
 them, so at high concurrency the ratio also measures the gateway's CPU use per token, which is reported
 beside the engine's (CPU seconds from /proc over each run, per streamed token). With --isolate the engine,
@@ -149,7 +150,8 @@ def main() -> int:
 
     table = []
     for level in levels:
-        base = {key: series("direct", level, key) for key in ("ttft_ms.p50", "ttft_ms.p99", "output_tokens_per_s")}
+        base = {key: series("direct", level, key)
+                for key in ("ttft_ms.p50", "ttft_ms.p99", "tpot_ms.p50", "output_tokens_per_s")}
         row = {"concurrency": level, "direct": {"ttft_p50_ms": statistics.median(base["ttft_ms.p50"]),
                                                 "ttft_p99_ms": statistics.median(base["ttft_ms.p99"]),
                                                 "output_tokens_per_s": statistics.median(base["output_tokens_per_s"])}}
@@ -160,12 +162,16 @@ def main() -> int:
             added_p50, added_p50_range = summary([g - d for g, d in zip(got["ttft_ms.p50"], base["ttft_ms.p50"])])
             added_p99, _ = summary([g - d for g, d in zip(got["ttft_ms.p99"], base["ttft_ms.p99"])])
             ratio, ratio_range = summary([g / d for g, d in zip(got["output_tokens_per_s"], base["output_tokens_per_s"])])
+            # A stream's own pace after its first token (1 / TPOT): what the gateway costs per token,
+            # apart from what it adds once per request (the added TTFT).
+            pace, pace_range = summary([d / g for g, d in zip(got["tpot_ms.p50"], base["tpot_ms.p50"])])
             row[name] = {"ttft_p50_ms": statistics.median(got["ttft_ms.p50"]),
                          "ttft_p99_ms": statistics.median(got["ttft_ms.p99"]),
                          "output_tokens_per_s": statistics.median(got["output_tokens_per_s"]),
                          "added_ttft_p50_ms": added_p50, "added_ttft_p50_ms_range": added_p50_range,
                          "added_ttft_p99_ms": added_p99,
-                         "throughput_ratio": ratio, "throughput_ratio_range": ratio_range}
+                         "throughput_ratio": ratio, "throughput_ratio_range": ratio_range,
+                         "stream_pace_ratio": pace, "stream_pace_ratio_range": pace_range}
         table.append(row)
     cpu_us_per_token = {name: {part: round(statistics.median(r.get(part, 0.0) for r in cpu[name]), 2)
                                for part in ("engine", "gateway")} for name in targets}
@@ -181,7 +187,8 @@ def main() -> int:
               f"{row['direct']['output_tokens_per_s']:.0f} tok/s | " + " | ".join(
                   f"{n}: {row[n]['added_ttft_p50_ms']:+.2f} ms p50 {row[n]['added_ttft_p50_ms_range']}, "
                   f"{row[n]['added_ttft_p99_ms']:+.2f} ms p99, {row[n]['throughput_ratio']:.2f}x "
-                  f"{row[n]['throughput_ratio_range']}" for n in ("gateway", "gateway+default-policy")))
+                  f"{row[n]['throughput_ratio_range']}, pace {row[n]['stream_pace_ratio']:.2f}x"
+                  for n in ("gateway", "gateway+default-policy")))
     print("CPU per output token (us): " + ", ".join(
         f"{name}: engine {v['engine']:.1f}, gateway {v['gateway']:.1f}" for name, v in cpu_us_per_token.items()))
     return 0
