@@ -114,32 +114,33 @@ def main() -> int:
                                 *flags], placement.get(name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             targets[name], pids[name] = f"http://127.0.0.1:{port}", procs[-1].pid
             wait_ready(f"{targets[name]}/health")
-        runs: dict[str, list[dict]] = {name: [] for name in targets}
-        # CPU per streamed token of the engine and of the gateway (the client's includes its start-up)
-        cpu: dict[str, list[dict]] = {name: [] for name in targets}
+        levels = [int(c) for c in args.concurrency.split(",")]
+        runs: dict[str, dict[int, list[dict]]] = {name: {level: [] for level in levels} for name in targets}
+        # CPU seconds of the engine and of the gateway, and tokens streamed, summed over all runs of a target
+        cpu: dict[str, dict[str, float]] = {name: {"engine": 0.0, "gateway": 0.0, "tokens": 0} for name in targets}
         for round_ in range(args.rounds):
-            order = list(targets.items())
-            for name, url in order if round_ % 2 == 0 else order[::-1]:  # A-B-C, C-B-A: drift cancels
-                watched = {"engine": procs[0].pid, "gateway": pids[name]}
-                before = {part: cpu_seconds(pid) for part, pid in watched.items() if pid}
-                runs[name].append(bench(url, args.concurrency, args.duration, args.output_tokens,
-                                        placement.get("client")))
-                tokens = sum(level["output_tokens"] for level in runs[name][-1].values())
-                cpu[name].append({part: (cpu_seconds(watched[part]) - start) / tokens * 1e6
-                                  for part, start in before.items()})
+            for level in levels:
+                # The targets back to back at each level, A-B-C then C-B-A: the runs compared are seconds
+                # apart, and drift hits all alike.
+                order = list(targets.items())
+                for name, url in order if round_ % 2 == 0 else order[::-1]:
+                    watched = {"engine": procs[0].pid, "gateway": pids[name]}
+                    before = {part: cpu_seconds(pid) for part, pid in watched.items() if pid}
+                    result = bench(url, str(level), args.duration, args.output_tokens, placement.get("client"))[level]
+                    runs[name][level].append(result)
+                    for part, start in before.items():
+                        cpu[name][part] += cpu_seconds(watched[part]) - start
+                    cpu[name]["tokens"] += result["output_tokens"]
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
 
-    levels = [int(c) for c in args.concurrency.split(",")]
-
     def series(name: str, level: int, key: str) -> list[float]:
         """One value per round; key "ttft_ms.p50" reaches into the nested summary."""
         values = []
-        for r in runs[name]:
-            value = r[level]
+        for value in runs[name][level]:
             for part in key.split("."):
                 value = value[part]
             values.append(value)
@@ -173,13 +174,18 @@ def main() -> int:
                          "throughput_ratio": ratio, "throughput_ratio_range": ratio_range,
                          "stream_pace_ratio": pace, "stream_pace_ratio_range": pace_range}
         table.append(row)
-    cpu_us_per_token = {name: {part: round(statistics.median(r.get(part, 0.0) for r in cpu[name]), 2)
+    cpu_us_per_token = {name: {part: round(cpu[name][part] / max(cpu[name]["tokens"], 1) * 1e6, 2)
                                for part in ("engine", "gateway")} for name in targets}
+    def brief(r: dict) -> dict:
+        return {"ttft_p50_ms": round(r["ttft_ms"]["p50"], 3), "tpot_p50_ms": round(r["tpot_ms"]["p50"], 4),
+                "output_tokens_per_s": round(r["output_tokens_per_s"])}
+
+    per_round = {str(level): {name: [brief(r) for r in runs[name][level]] for name in targets} for level in levels}
     result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "cores": {role: sorted(c) for role, c in placement.items()} or "shared",
               "rounds": args.rounds, "seconds_per_level": args.duration, "output_tokens": args.output_tokens,
               "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table,
-              "cpu_us_per_output_token": cpu_us_per_token}
+              "cpu_us_per_output_token": cpu_us_per_token, "per_round": per_round}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for row in table:
