@@ -88,7 +88,10 @@ class Gateway:
             # sock_read: the engine may stay silent at most this long (before the first byte or between
             # chunks) before the request is answered with 504.
             timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=self.config.request_timeout)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as client:
+            # No cookie jar: the session serves every caller, and a jar would hand one caller's cookies
+            # (set by the engine or a proxy in front of it) to the next.
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar()) as client:
                 self.client = client
                 yield
             self.client = None

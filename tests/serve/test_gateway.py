@@ -295,3 +295,29 @@ def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(sta
     metrics = httpx.get(f"{url}/metrics").text
     assert 'llmprod_output_tokens_total{route="chat"} 6.0' in metrics  # 3 per request, running totals not summed
     assert 'llmprod_prompt_tokens_total{route="chat"} 8.0' in metrics
+
+
+def test_cookies_the_engine_sets_are_not_sent_with_other_clients_requests(start_gateway):
+    # One client pool serves every caller: a cookie jar in it would carry one caller's cookie to the next.
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen = []
+
+    async def complete(request):
+        seen.append(request.headers.get("cookie"))
+        response = JSONResponse({"id": "c", "object": "text_completion", "choices": [
+            {"index": 0, "text": "ok", "finish_reason": "stop"}]})
+        response.set_cookie("session", "caller-one")
+        return response
+
+    engine = ThreadServer(Starlette(routes=[Route("/v1/completions", complete, methods=["POST"])])).start()
+    try:
+        # by name: aiohttp's default jar ignores cookies from IP addresses, not from host names
+        url, _ = start_gateway(f"http://localhost:{engine.port}", models={MODEL: "fake"})
+        for _ in range(2):
+            assert client(url).completions.create(model=MODEL, prompt="hi").choices[0].text == "ok"
+    finally:
+        engine.stop()
+    assert seen == [None, None]
