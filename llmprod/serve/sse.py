@@ -109,10 +109,6 @@ def has_text(data: bytes) -> bool:
     return _HAS_TEXT.search(data) is not None
 
 
-def has_usage(data: bytes) -> bool:
-    return _HAS_USAGE.search(data) is not None
-
-
 def loads(data: bytes) -> Any:
     """A chunk's JSON. The stdlib takes what orjson refuses but engines may send (NaN, lone surrogates)."""
     try:
