@@ -176,6 +176,7 @@ def main() -> int:
         table.append(row)
     cpu_us_per_token = {name: {part: round(cpu[name][part] / max(cpu[name]["tokens"], 1) * 1e6, 2)
                                for part in ("engine", "gateway")} for name in targets}
+
     def brief(r: dict) -> dict:
         return {"ttft_p50_ms": round(r["ttft_ms"]["p50"], 3), "tpot_p50_ms": round(r["tpot_ms"]["p50"], 4),
                 "output_tokens_per_s": round(r["output_tokens_per_s"])}
