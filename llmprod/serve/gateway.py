@@ -488,7 +488,8 @@ class StreamRelay:
                 out.append(sse.encode(template))
 
         for start, end, data in sse.events(blob):
-            if data is not None and data.strip() != sse.DONE:
+            done = data is not None and data.strip() == sse.DONE
+            if data is not None and not done:
                 payload = sse.loads(data)
                 if isinstance(payload.get("usage"), dict):
                     if not self._usage(payload):
@@ -497,8 +498,8 @@ class StreamRelay:
                     choices = payload.get("choices")
                     if choices and len(choices) == 1:  # one text delta, not the last: the common chunk
                         choice = choices[0]
-                        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-                        if text and isinstance(text, str) and not choice.get("finish_reason"):
+                        text = sse.choice_text(choice, chat)
+                        if text and not choice.get("finish_reason"):
                             if not texts:
                                 run_start = start
                             texts.append(text)
@@ -510,7 +511,7 @@ class StreamRelay:
                 return out
             if data is None:  # a comment or keep-alive
                 out.append(blob[start:end])
-            elif data.strip() == sse.DONE:
+            elif done:
                 out.extend(await self._flush())
                 out.append(blob[start:end])
             else:

@@ -125,15 +125,12 @@ def encode(payload: dict[str, Any]) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
+def choice_text(choice: dict[str, Any], chat: bool) -> str | None:
+    """The generated text of one choice of a parsed chunk (a chat delta's content or a completion's text)."""
+    text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+    return text if isinstance(text, str) else None
+
+
 def chunk_text(payload: dict[str, Any], chat: bool) -> str:
     """The generated text of a parsed chunk (first choice; n > 1 is concatenated per choice)."""
-    parts = []
-    for choice in payload.get("choices") or ():
-        if chat:
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-        else:
-            text = choice.get("text")
-        if isinstance(text, str):
-            parts.append(text)
-    return "".join(parts)
+    return "".join(text for choice in payload.get("choices") or () if (text := choice_text(choice, chat)))
