@@ -2,7 +2,7 @@
 
     python benchmarks/gateway_overhead.py --out benchmarks/results/gateway-overhead-cpu.json
 
-One engine (tests/serve/fake_engine.py: a real HTTP server on loopback that streams tokens as fast as it
+One engine (llmprod.testing.fake_engine: a real HTTP server on loopback that streams tokens as fast as it
 can, plain words without digits, with the usage chunk and [DONE] like vLLM) and two gateways in front of
 it, one with --no-guardrails and one with the default policy. The same client (`llmprod bench`) loads each
 target in turn for --duration seconds per concurrency level, in A-B-C then C-B-A order round after round
@@ -32,7 +32,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE = ROOT / "tests" / "serve" / "fake_engine.py"
 
 
 def free_port() -> int:
@@ -102,8 +101,8 @@ def main() -> int:
     procs = []
     try:
         engine_port = free_port()
-        procs.append(spawn([sys.executable, str(ENGINE), "--port", str(engine_port), "--tokens", "4096", "--words"],
-                           placement.get("engine")))
+        procs.append(spawn([sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(engine_port),
+                            "--tokens", "4096", "--words"], placement.get("engine")))
         engine = f"http://127.0.0.1:{engine_port}"
         wait_ready(f"{engine}/health")
         targets = {"direct": engine}

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from llmprod.serve.guardrails.policy import CheckConfig, Policy, load_policy
-from llmprod.serve.guardrails.runtime import PolicyGuard
+from llmprod.guardrails import PolicyGuard
+from llmprod.guardrails.checks.base import CheckConfig
+from llmprod.guardrails.policy import Policy, load_policy
 
 PRESIDIO_TYPES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": "card", "IBAN_CODE": "iban",
                   "IP_ADDRESS": "ip", "US_SSN": "ssn"}
@@ -153,7 +154,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/guardrails-quality.json"))
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
-    default = load_policy("default").runtime()
+    default = PolicyGuard(load_policy("default"))
     result = {
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.machine()}, {platform.python_version()}",

@@ -39,6 +39,14 @@ def cli():
     return invoke
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (nothing else takes it meanwhile, on a test machine)."""
+    from llmprod.testing.servers import free_port
+
+    return free_port()
+
+
 def _model_cache(request) -> Path:
     # Reused across runs on a developer's machine (pytest's cache dir); CI starts from a clean clone.
     return Path(request.config.cache.mkdir("llmprod-tiny-models"))
@@ -68,3 +76,19 @@ def eval_text_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("texts") / "eval.txt"
     path.write_text(corpus_split()[1])
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_guard_dir(request) -> Path:
+    """Llama Guard's architecture and prompt vocabulary ("safe"/"unsafe" single tokens), random weights."""
+    from llmprod.tinymodel.guards import cached
+
+    return cached(_model_cache(request), "llama-guard")
+
+
+@pytest.fixture(scope="session")
+def tiny_prompt_guard_dir(request) -> Path:
+    """Prompt Guard 2's architecture (DeBERTa-v2, two labels named backwards), random weights."""
+    from llmprod.tinymodel.guards import cached
+
+    return cached(_model_cache(request), "prompt-guard")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,6 +13,12 @@ from llmprod.cli.runner import command_output
 from llmprod.errors import InputError
 
 EXAMPLE = "Example: [bold]llmprod tiny-model work/tiny --trained --texts work[/bold]"
+
+
+class Kind(str, Enum):
+    llama = "llama"
+    llama_guard = "llama-guard"
+    prompt_guard = "prompt-guard"
 
 
 def tiny_model(
@@ -25,16 +32,28 @@ def tiny_model(
         typer.Option("--texts", help="Also write calibration.txt (training topics) and eval.txt (held out) here."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    kind: Annotated[Kind, typer.Option("--kind", help="llama: the model to quantize and serve; llama-guard / "
+                                       "prompt-guard: random-weight guard models with the real architectures, "
+                                       "for trying a sandwich policy offline.")] = Kind.llama,
     json_output: JsonOpt = False,
 ) -> None:
-    """Build a tiny Llama-architecture model offline, from this Python's own documentation text."""
+    """Build a tiny Llama-architecture model (or guard model) offline, from this Python's own documentation text."""
     with command_output(json_output) as out:
-        from llmprod.tinymodel import RANDOM, build_tiny_model, corpus_split
         from dataclasses import replace
+
+        from llmprod.tinymodel import RANDOM, build_tiny_model, corpus_split
 
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
             raise InputError(f"{output} already exists and is not an empty directory",
                              hint="choose a new path or remove it")
+        if kind is not Kind.llama:
+            from llmprod.tinymodel import guards
+
+            build = guards.build_tiny_llama_guard if kind is Kind.llama_guard else guards.build_tiny_prompt_guard
+            out.info(f"building a tiny {kind.value} model in {output} (random weights: its verdicts mean nothing)")
+            report = build(output, seed=seed)
+            out.result(report)
+            return
         spec = replace(RANDOM, train_steps=steps if trained else 0, seed=seed)
         with out.progress() as progress:
             task = progress.add_task("training the tiny model", total=spec.train_steps or None)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
+import traceback
+import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from llmprod.guardrails.types import CheckUnavailable, Guard
 from llmprod.serve import sse
 from llmprod.serve.engines import UpstreamState
-from llmprod.serve.guardrails.types import Decision, Guard
 from llmprod.serve.metrics import GatewayMetrics
 
 
@@ -56,6 +59,18 @@ def bad_request(message: str, code: str = "invalid_request") -> GatewayError:
 
 def unavailable(message: str) -> GatewayError:
     return GatewayError(503, message, "service_unavailable", "engine_unavailable", {"Retry-After": "2"})
+
+
+log = logging.getLogger("llmprod.gateway")
+
+
+def guard_unavailable(exc: CheckUnavailable) -> GatewayError:
+    """A check that could not answer: the request fails closed, never passes unchecked."""
+    log.warning("guardrail %s on the %s failed (%s); the request was refused", exc.check, exc.stage,
+                type(exc.cause).__name__)
+    return GatewayError(503, f"the {exc.check} guardrail could not check the {exc.stage} ({type(exc.cause).__name__})"
+                        "; the request was refused rather than passed unchecked", "service_unavailable",
+                        "guardrail_unavailable", {"Retry-After": "5"})
 
 
 class Gateway:
@@ -95,6 +110,9 @@ class Gateway:
                 self.client = client
                 yield
             self.client = None
+            aclose = getattr(self.guard, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
         routes = [
             Route("/health", self.health, methods=["GET"]),
@@ -104,8 +122,9 @@ class Gateway:
             Route("/v1/completions", partial(self.generate, "completions"), methods=["POST"]),
             Route("/v1/{rest:path}", self.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
-        return Starlette(routes=routes, lifespan=lifespan,
-                         exception_handlers={GatewayError: lambda _r, exc: exc.response()})
+        app = Starlette(routes=routes, lifespan=lifespan,
+                        exception_handlers={GatewayError: lambda _r, exc: exc.response(), Exception: _json_500})
+        return ErrorShield(app)
 
     # -- open routes ----------------------------------------------------------------------------------------
     async def health(self, request):
@@ -178,7 +197,7 @@ class Gateway:
             body = await self._read_json(request)
             payload, context = await self._prepare(route, body)
             if payload.get("stream"):
-                response = await self._stream(route, payload, context, arrived)
+                response = await self._stream(route, payload, context, arrived, request.state.request_id)
                 streaming = True  # the stream counts itself and releases the slot when it ends
                 return response
             response = await self._complete(route, payload, context, arrived)
@@ -187,6 +206,10 @@ class Gateway:
         except GatewayError as exc:
             status = exc.status
             return exc.response()
+        except CheckUnavailable as exc:
+            error = guard_unavailable(exc)
+            status = error.status
+            return error.response()
         finally:
             if not streaming:
                 if holds_slot:
@@ -241,9 +264,7 @@ class Gateway:
         if self.guard is not None and self.guard.has_input_checks:
             if texts.opaque:
                 raise bad_request("token-id prompts cannot be checked by the input guardrails; send text")
-            started = time.perf_counter()
             decision = await self.guard.check_input(texts.values)
-            self._observe_guard("input", decision, time.perf_counter() - started)
             if decision.blocked:
                 raise GatewayError(400, "the request was blocked by the input guardrails (categories: "
                                    f"{', '.join(decision.categories)})", "invalid_request_error",
@@ -252,11 +273,6 @@ class Gateway:
                 texts.write_back(decision.texts)
                 context = texts.user_context()
         return body, context
-
-    def _observe_guard(self, stage: str, decision: Decision, seconds: float) -> None:
-        self.metrics.guard_latency.labels(stage, "policy").observe(seconds)
-        for finding in decision.findings:
-            self.metrics.guard_verdicts.labels(stage, finding.check, finding.category, finding.action).inc()
 
     # -- upstream -------------------------------------------------------------------------------------------
     def _upstream_error(self, exc: Exception) -> GatewayError:
@@ -315,9 +331,7 @@ class Gateway:
             text = holder.get(key)
             if not isinstance(text, str) or not text:
                 continue
-            started = time.perf_counter()
             decision = await self.guard.check_output(text, context)
-            self._observe_guard("output", decision, time.perf_counter() - started)
             if decision.blocked:
                 holder[key] = ""
                 choice["finish_reason"] = "content_filter"
@@ -333,7 +347,7 @@ class Gateway:
         if isinstance(completion, int):
             self.metrics.output_tokens.labels(route).inc(completion)
 
-    async def _stream(self, route: str, payload: dict, context: str, arrived: float):
+    async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str):
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
         options = payload.get("stream_options")
         client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -350,7 +364,7 @@ class Gateway:
             raise GatewayError(upstream.status, **_error_fields(upstream.status, content))
         guarded = self.guard is not None and self.guard.has_output_checks
         relay = StreamRelay(self, route, upstream, client_wants_usage, arrived,
-                            self.guard.output_stream(context) if guarded else None)
+                            self.guard.output_stream(context) if guarded else None, request_id)
         return CancellingStream(relay.run(), on_close=relay.close, media_type="text/event-stream",
                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -368,8 +382,9 @@ class StreamRelay:
     """Forwards one upstream SSE stream to the client, timing it and applying the output guard."""
 
     def __init__(self, gateway: Gateway, route: str, upstream, client_wants_usage: bool, arrived: float,
-                 scanner) -> None:
+                 scanner, request_id: str) -> None:
         self.gateway = gateway
+        self.request_id = request_id
         self.route = route
         self.upstream = upstream
         self.client_wants_usage = client_wants_usage
@@ -419,6 +434,19 @@ class StreamRelay:
             self.status = "502"
             yield sse.encode(GatewayError(502, f"the engine's stream broke off ({type(exc).__name__})",
                                           "upstream_error", "upstream_stream_error").body())
+        except CheckUnavailable as exc:
+            self.status = "503"
+            self._stop_upstream()
+            yield sse.encode(guard_unavailable(exc).body())
+        except Exception as exc:  # noqa: BLE001 - a bug mid-stream: the client still gets an error in OpenAI's shape
+            self.status = "500"
+            self._stop_upstream()
+            log_exception(self.request_id, "POST", self.route, exc)
+            yield sse.encode(internal_error(self.request_id).body())
+
+    def _stop_upstream(self) -> None:
+        self.closed = True
+        self.upstream.close()  # drops the connection: the engine aborts the generation
 
     def _usage(self, payload: dict) -> bool:
         """Notes a chunk's usage; False when the chunk is to be dropped (usage only, and the client did
@@ -475,8 +503,8 @@ class StreamRelay:
             if not texts:
                 return
             joined = "".join(texts)
+            step = await self.scanner.feed(joined, tokens=len(texts))  # an event is a token (or a few)
             texts.clear()
-            step = await self.scanner.feed(joined)
             if step.blocked:
                 out.extend(await self._block(template, step.text))
             elif step.verbatim:  # the usual case: the events go out as they came
@@ -562,8 +590,7 @@ class StreamRelay:
         payload.pop("usage", None)
         if emit:
             self.text_in_batch = True
-        self.closed = True
-        self.upstream.close()  # drops the connection: the engine aborts the generation
+        self._stop_upstream()
         return [sse.encode(payload), b"data: [DONE]\n\n"]
 
     async def close(self, completed: bool) -> None:
@@ -595,6 +622,60 @@ def _set_text(payload: dict, text: str, chat: bool) -> None:
 def _set_finish(payload: dict, reason: str) -> None:
     for choice in payload.get("choices") or ():
         choice["finish_reason"] = reason
+
+
+def internal_error(request_id: str) -> GatewayError:
+    return GatewayError(500, f"internal error in the gateway (request id {request_id}); the details are in its log",
+                        "server_error", "internal_error")
+
+
+def log_exception(request_id: str, method: str, path: str, exc: BaseException) -> None:
+    """An unexpected exception, logged by request id with its type and where it was raised: never its message
+    or locals, which may hold what the client sent."""
+    frames = traceback.extract_tb(exc.__traceback__)[-8:]
+    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
+    log.error("request %s: %s %s raised %s at %s", request_id, method, path, type(exc).__name__, where or "?")
+
+
+class ErrorShield:
+    """The outermost ASGI layer: every HTTP request gets an id (the `x-request-id` response header, which the
+    openai client exposes as `request_id`), and an exception that escapes the app is logged with that id and,
+    when no response has started, answered with a JSON 500 in OpenAI's shape instead of plain text."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, see the docstring
+            if not getattr(exc, "_llmprod_logged", False):
+                log_exception(request_id, scope.get("method", "?"), scope.get("path", "?"), exc)
+            if not started:
+                await internal_error(request_id).response()(scope, receive, send_with_id)
+
+
+async def _json_500(request, exc: Exception):
+    """Starlette's handler of last resort (it sends this, then re-raises to ErrorShield): logged before the
+    answer goes out, so the log line exists by the time the client reads the request id."""
+    log_exception(request.state.request_id, request.method, request.url.path, exc)
+    exc._llmprod_logged = True
+    return internal_error(request.state.request_id).response()
 
 
 class CancellingStream:

@@ -51,10 +51,33 @@ class GatewayMetrics:
                                       "Guardrail findings that led to an action, by stage, check, category, action.",
                                       ["stage", "check", "category", "action"], registry=registry)
         self.guard_latency = Histogram("llmprod_guardrail_latency_seconds",
-                                       "Time spent in guardrail checks per request and stage.",
+                                       "One guardrail check's time for one request and stage (a stream's chunks "
+                                       "summed; check=prefilter is the shared RE2 pass).",
                                        ["stage", "check"], buckets=GUARD_BUCKETS, registry=registry)
+        self.guard_errors = Counter("llmprod_guardrail_errors",
+                                    "Guardrail checks that raised instead of answering; the request failed closed.",
+                                    ["stage", "check"], registry=registry)
+
+    def guard_observer(self) -> "GuardMetrics":
+        return GuardMetrics(self)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class GuardMetrics:
+    """The gateway's GuardObserver (llmprod.guardrails.types): what a guard reports, as Prometheus series."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def finding(self, stage: str, finding) -> None:
+        self.metrics.guard_verdicts.labels(stage, finding.check, finding.category, finding.action).inc()
+
+    def latency(self, stage: str, check: str, seconds: float) -> None:
+        self.metrics.guard_latency.labels(stage, check).observe(seconds)
+
+    def failure(self, stage: str, check: str) -> None:
+        self.metrics.guard_errors.labels(stage, check).inc()

@@ -18,10 +18,21 @@ from typing import Any
 
 from llmprod.errors import InputError
 from llmprod.output import Output
-from llmprod.serve.engines import (EngineCommand, EngineOptions, EngineProcess, Supervisor, UpstreamState,
-                                   choose_engine, find_vllm, free_port, gpu_available, transformers_command,
-                                   vllm_command)
+from llmprod.serve.engines import (
+    EngineCommand,
+    EngineOptions,
+    EngineProcess,
+    Supervisor,
+    UpstreamState,
+    choose_engine,
+    find_vllm,
+    free_port,
+    gpu_available,
+    transformers_command,
+    vllm_command,
+)
 from llmprod.serve.gateway import Gateway, GatewayConfig
+from llmprod.serve.metrics import GatewayMetrics
 
 
 @dataclass(frozen=True)
@@ -90,14 +101,25 @@ def check_port_free(host: str, port: int) -> None:
                              hint="pick another --port, or stop what is using it") from None
 
 
-def load_guard(spec: ServeSpec):
-    """(guard or None, lines saying what is enforced)."""
-    from llmprod.serve.guardrails import DEFAULT_POLICY, load_policy
+def read_policy(spec: ServeSpec):
+    """The policy, parsed and validated (cheap: nothing is loaded yet); None with --no-guardrails."""
+    from llmprod.guardrails import DEFAULT_POLICY, load_policy
 
-    if spec.no_guardrails:
+    return None if spec.no_guardrails else load_policy(spec.guardrails or DEFAULT_POLICY)
+
+
+def build_guard(policy, metrics: GatewayMetrics, out: Output):
+    """(guard or None, lines saying what is enforced). Every check is built here, guard models loaded and
+    tried, endpoints asked: a check that cannot run stops start-up (exit 2) before anything listens."""
+    from llmprod.guardrails import PolicyGuard
+    from llmprod.guardrails.registry import CHECK_TYPES
+
+    if policy is None:
         return None, ["guardrails: off (--no-guardrails): nothing is checked"]
-    policy = load_policy(spec.guardrails or DEFAULT_POLICY)
-    guard = policy.runtime()
+    models = sorted({c.check for c in policy.input + policy.output if CHECK_TYPES[c.check].loads_model})
+    if models:
+        out.info(f"guardrails: loading and trying {', '.join(models)} ...")
+    guard = PolicyGuard(policy, observer=metrics.guard_observer())
     return guard, guard.describe()
 
 
@@ -144,8 +166,10 @@ class _Signals:
 
 def run_serve(spec: ServeSpec, out: Output) -> None:
     spec.validate()
-    guard, guard_lines = load_guard(spec)
+    policy = read_policy(spec)
     check_port_free(spec.host, spec.port)
+    metrics = GatewayMetrics()
+    guard, guard_lines = build_guard(policy, metrics, out)
     if spec.upstream:
         upstream_url = normalize_upstream(spec.upstream)
         command, engine, models = None, None, None
@@ -161,9 +185,7 @@ def run_serve(spec: ServeSpec, out: Output) -> None:
     config = GatewayConfig(api_key=spec.api_key, max_concurrency=spec.max_concurrency,
                            max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
                            models=models)
-    gateway = Gateway(state, config, guard=guard)
-    if guard is not None:
-        guard.attach_metrics(gateway.metrics)
+    gateway = Gateway(state, config, guard=guard, metrics=metrics)
     signals = _Signals()
     signals.install()
     try:

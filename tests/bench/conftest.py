@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -9,18 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmprod.testing.servers import free_port
+
 SERVER = Path(__file__).with_name("timed_server.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def unused_port() -> int:
-    return free_port()
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tests_serve_helpers import ThreadServer, make_app  # noqa: E402
-
-from llmprod.serve.engines import UpstreamState  # noqa: E402
-from llmprod.serve.gateway import Gateway, GatewayConfig  # noqa: E402
+from llmprod.guardrails import PolicyGuard
+from llmprod.serve.engines import UpstreamState
+from llmprod.serve.gateway import Gateway, GatewayConfig
+from llmprod.serve.metrics import GatewayMetrics
+from llmprod.testing.fake_engine import make_app
+from llmprod.testing.servers import ThreadServer
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +27,19 @@ def fake_engine():
 
 @pytest.fixture
 def start_gateway():
-    """start_gateway(upstream_url, guard=None, **GatewayConfig fields) → (base URL, Gateway)."""
+    """start_gateway(upstream_url, policy=None, registry=None, guard=None, **GatewayConfig fields) → (URL, Gateway).
+
+    A policy is built into a guard that reports to the gateway's metrics, as `llmprod serve` does; `registry`
+    swaps check types (a model check the test controls); `guard` takes any object with the Guard interface."""
     servers = []
 
-    def start(upstream_url: str, guard=None, supervised: bool = False, state: UpstreamState | None = None,
-              **config):
+    def start(upstream_url: str, policy=None, registry=None, guard=None, supervised: bool = False,
+              state: UpstreamState | None = None, **config):
         state = state or UpstreamState(upstream_url, supervised=supervised)
-        gateway = Gateway(state, GatewayConfig(**config), guard=guard)
-        if guard is not None and hasattr(guard, "attach_metrics"):
-            guard.attach_metrics(gateway.metrics)
+        metrics = GatewayMetrics()
+        if policy is not None:
+            guard = PolicyGuard(policy, observer=metrics.guard_observer(), registry=registry)
+        gateway = Gateway(state, GatewayConfig(**config), guard=guard, metrics=metrics)
         server = ThreadServer(gateway.app).start()
         servers.append(server)
         return server.url, gateway
@@ -40,3 +47,31 @@ def start_gateway():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def serve_process():
+    """serve_process(*args, env=None) → (process, ready document): `llmprod serve --json ARGS` as a user runs it,
+    once it is ready; killed at the end of the test if it is still running."""
+    procs = []
+
+    def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, dict]:
+        proc = subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--json", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        procs.append(proc)
+        line = proc.stdout.readline()
+        buffer = line
+        while line and not buffer.rstrip().endswith("}"):
+            line = proc.stdout.readline()
+            buffer += line
+        if not buffer:
+            proc.wait(timeout=30)
+            raise AssertionError(f"serve did not start: {proc.stderr.read()}")
+        return proc, json.loads(buffer)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

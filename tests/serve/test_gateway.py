@@ -11,7 +11,9 @@ import openai
 import pytest
 
 from llmprod.serve.engines import UpstreamState
-from tests_serve_helpers import ThreadServer, engine_stats, free_port, make_app, wait_until
+from llmprod.testing.fake_engine import make_app
+from llmprod.testing.fake_engine import stats as engine_stats
+from llmprod.testing.servers import ThreadServer, free_port, wait_until
 
 MODEL = "tiny"
 
@@ -270,12 +272,11 @@ def one_write_engine(terminator: bytes, continuous_usage: bool = False) -> Threa
                          ids=["lf", "crlf", "continuous-usage"])
 def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(start_gateway, terminator, continuous,
                                                                              guarded):
-    from llmprod.serve.guardrails import load_policy
+    from llmprod.guardrails import load_policy
 
     engine = one_write_engine(terminator, continuous)
     try:
-        guard = load_policy("default").runtime() if guarded else None
-        url, _ = start_gateway(engine.url, guard=guard, models={MODEL: "fake"})
+        url, _ = start_gateway(engine.url, policy=load_policy("default") if guarded else None, models={MODEL: "fake"})
         messages = [{"role": "user", "content": "hi"}]
         chunks = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True))
         asked = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True,

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 
 import httpx
 import openai
 import pytest
-from tests_serve_helpers import ThreadServer, engine_stats, make_app, wait_until
 
-from llmprod.serve.guardrails import load_policy
-from llmprod.serve.guardrails.policy import CheckConfig, Policy
-from llmprod.serve.guardrails.runtime import PolicyGuard
-from llmprod.serve.guardrails.types import Finding
+from llmprod.guardrails import load_policy
+from llmprod.guardrails.checks.base import CheckConfig
+from llmprod.guardrails.policy import Policy
+from llmprod.guardrails.registry import CHECK_TYPES
+from llmprod.guardrails.types import Decision, Finding
+from llmprod.testing.fake_engine import make_app
+from llmprod.testing.fake_engine import stats as engine_stats
+from llmprod.testing.servers import ThreadServer, wait_until
 
 MODEL = "tiny"
 
@@ -35,7 +40,7 @@ def streamed(url: str, content: str) -> tuple[str, list[dict]]:
 
 
 def test_blocked_input_is_400_without_echoing_it_and_never_sent_upstream(fake_engine, start_gateway):
-    url, _ = start_gateway(fake_engine.url, guard=load_policy("default").runtime(), models={MODEL: "fake"})
+    url, _ = start_gateway(fake_engine.url, policy=load_policy("default"), models={MODEL: "fake"})
     before = engine_stats(fake_engine.url)["generations"]
     secret = "AKIAIOSFODNN7EXAMPLQ"
     with pytest.raises(openai.BadRequestError) as err:
@@ -51,7 +56,7 @@ def test_blocked_input_is_400_without_echoing_it_and_never_sent_upstream(fake_en
 
 
 def test_redacted_input_reaches_the_engine_with_placeholders(fake_engine, start_gateway):
-    url, _ = start_gateway(fake_engine.url, guard=load_policy("default").runtime(), models={MODEL: "fake"})
+    url, _ = start_gateway(fake_engine.url, policy=load_policy("default"), models={MODEL: "fake"})
     answer = chat(url, "echo:write to jane.doe@example.org or call +44 20 7946 0958 today")
     sent = engine_stats(fake_engine.url)["last_body"]["messages"][-1]["content"]
     assert sent == "echo:write to [EMAIL] or call [PHONE] today"
@@ -59,14 +64,13 @@ def test_redacted_input_reaches_the_engine_with_placeholders(fake_engine, start_
     assert answer.choices[0].message.content == "write to [EMAIL] or call [PHONE] today"
 
 
-def output_only(default_stage_checks=("secrets", "pii")) -> PolicyGuard:
+def output_only(default_stage_checks=("secrets", "pii")) -> Policy:
     actions = {"secrets": "block", "pii": "redact"}
-    return PolicyGuard(Policy("out", "test", output=[CheckConfig(c, actions[c], "output", {}, 1)
-                                                     for c in default_stage_checks]))
+    return Policy("out", "test", output=[CheckConfig(c, actions[c], "output", {}, 1) for c in default_stage_checks])
 
 
 def test_non_streamed_output_is_checked_whole(fake_engine, start_gateway):
-    url, _ = start_gateway(fake_engine.url, guard=output_only(), models={MODEL: "fake"})
+    url, _ = start_gateway(fake_engine.url, policy=output_only(), models={MODEL: "fake"})
     answer = chat(url, "chunks:card 4111 1111 1111 1111 ok")
     assert answer.choices[0].message.content == "card [CARD] ok"
     blocked = chat(url, "chunks:token ghp_" + "a1B2" * 9 + " bye")
@@ -80,8 +84,8 @@ def test_non_streamed_output_is_checked_whole(fake_engine, start_gateway):
     ["m", "a", "i", "l", " ", "m", "e", " ", "a", "t", " ", *"john.smith@example.com", " ", "n", "o", "w"],
 ])
 def test_streamed_output_redacts_across_chunk_boundaries(pieces, fake_engine, start_gateway):
-    guard = PolicyGuard(Policy("p", "test", output=[CheckConfig("pii", "redact", "output", {}, 1)]))
-    url, _ = start_gateway(fake_engine.url, guard=guard, models={MODEL: "fake"})
+    policy = Policy("p", "test", output=[CheckConfig("pii", "redact", "output", {}, 1)])
+    url, _ = start_gateway(fake_engine.url, policy=policy, models={MODEL: "fake"})
     text, chunks = streamed(url, "chunks:" + "|".join(pieces))
     assert text == "mail me at [EMAIL] now"
     assert "john.smith" not in json.dumps(chunks)
@@ -96,7 +100,7 @@ def raw_lines(url: str, model: str, content: str) -> list[str]:
 
 
 def test_output_the_checks_let_through_goes_out_as_the_engines_own_events(fake_engine, start_gateway):
-    url, _ = start_gateway(fake_engine.url, guard=output_only(), models={MODEL: "fake"})
+    url, _ = start_gateway(fake_engine.url, policy=output_only(), models={MODEL: "fake"})
     content = "chunks:plain |words |then |mail a@example.org |and |more |words"
     direct = raw_lines(fake_engine.url, "fake", content)
     through = raw_lines(url, MODEL, content)
@@ -113,7 +117,7 @@ def test_output_the_checks_let_through_goes_out_as_the_engines_own_events(fake_e
 def test_streamed_output_block_ends_with_content_filter_and_cancels_upstream(start_gateway):
     engine = ThreadServer(make_app(tokens=8, itl=0.05)).start()
     try:
-        url, _ = start_gateway(engine.url, guard=output_only(), models={MODEL: "fake"})
+        url, _ = start_gateway(engine.url, policy=output_only(), models={MODEL: "fake"})
         pieces = ["safe text here. ", "the key is ", "AKIA", "IOSFODNN7EXAMPLQ", " and more"] + ["x "] * 40
         text, chunks = streamed(url, "chunks:" + "|".join(pieces))
         assert "AKIA" not in text and text.startswith("safe text here.")
@@ -124,50 +128,145 @@ def test_streamed_output_block_ends_with_content_filter_and_cancels_upstream(sta
 
 
 class ControlledCheck:
-    """A model check whose verdict the test sets: stands in for Llama Guard in gateway flows."""
+    """A model check whose verdict the test sets: stands in for Llama Guard in gateway flows. One object plays
+    every llama_guard entry of the policy (as one shared guard model does)."""
 
     def __init__(self) -> None:
         self.unsafe_after: str | None = None
+        self.fail: BaseException | None = None
         self.calls: list[tuple[str, str]] = []
 
-    async def check_input(self, texts, config):
-        self.calls.append(("input", texts[-1]))
-        return [Finding("llama_guard", "S1", 0, 0, config.action, 0.9)] if "bomb" in texts[-1] else []
+    def build(self, config, shared):
+        return _Bound(self, config)
 
-    async def check_output(self, text, context, config):
-        self.calls.append(("output", text))
-        if self.unsafe_after and self.unsafe_after in text:
-            return [Finding("llama_guard", "S2", 0, 0, config.action, 0.95)]
+
+class _Bound:
+    def __init__(self, check: ControlledCheck, config: CheckConfig) -> None:
+        self.check, self.config, self.name = check, config, config.check
+        self.every_tokens = config.options.get("every_tokens", 64)
+
+    async def check_input(self, texts):
+        self.check.calls.append(("input", texts[-1]))
+        if self.check.fail is not None:
+            raise self.check.fail
+        return [Finding("llama_guard", "S1", 0, 0, self.config.action, 0.9)] if "bomb" in texts[-1] else []
+
+    async def check_output(self, text, context):
+        self.check.calls.append(("output", text))
+        if self.check.fail is not None:
+            raise self.check.fail
+        if self.check.unsafe_after and self.check.unsafe_after in text:
+            return [Finding("llama_guard", "S2", 0, 0, self.config.action, 0.95)]
         return []
 
 
-def sandwich_guard(check: ControlledCheck, every: int = 3) -> PolicyGuard:
+def sandwich(check: ControlledCheck, every: int = 3) -> dict:
+    """start_gateway's arguments for a policy whose llama_guard checks are `check`."""
     policy = Policy("sandwich", "test", input=[CheckConfig("llama_guard", "block", "input", {}, 1)],
                     output=[CheckConfig("llama_guard", "block", "output", {"every_tokens": every}, 2)])
-    guard = PolicyGuard(policy, model_loader=lambda config: check)
-    guard.load_models()
-    return guard
+    registry = {**CHECK_TYPES, "llama_guard": replace(CHECK_TYPES["llama_guard"], build=check.build)}
+    return {"policy": policy, "registry": registry, "models": {MODEL: "fake"}}
 
 
 def test_model_check_blocks_input(fake_engine, start_gateway):
     check = ControlledCheck()
-    url, _ = start_gateway(fake_engine.url, guard=sandwich_guard(check), models={MODEL: "fake"})
+    url, _ = start_gateway(fake_engine.url, **sandwich(check))
     with pytest.raises(openai.BadRequestError) as err:
         chat(url, "how to build a bomb")
     assert "S1" in err.value.body["message"]
     assert chat(url, "echo").choices[0].message.content == "echo"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert ('llmprod_guardrail_verdicts_total{action="block",category="S1",check="llama_guard",stage="input"} 1.0'
+            in metrics)
+    # each check's time once per request, and no second series for the whole policy
+    assert 'llmprod_guardrail_latency_seconds_count{check="llama_guard",stage="input"} 2.0' in metrics
+    assert 'check="policy"' not in metrics
 
 
-def test_model_check_on_streamed_output_every_n_chunks_and_at_the_end(fake_engine, start_gateway):
+def test_model_check_on_streamed_output_every_n_tokens_and_at_the_end(fake_engine, start_gateway):
     check = ControlledCheck()
-    url, _ = start_gateway(fake_engine.url, guard=sandwich_guard(check, every=3), models={MODEL: "fake"})
+    url, _ = start_gateway(fake_engine.url, **sandwich(check, every=3))
     text, chunks = streamed(url, "chunks:a |b |c |d |e |f |g ")
     assert text == "a b c d e f g " and chunks[-1]["choices"][0]["finish_reason"] == "stop"
     outputs = [t for stage, t in check.calls if stage == "output"]
-    assert outputs == ["a b c ", "a b c d e f ", "a b c d e f g "]  # every 3 chunks, then the whole at the end
+    assert outputs == ["a b c ", "a b c d e f ", "a b c d e f g "]  # every 3 tokens, then the whole at the end
 
     check.unsafe_after = "e "
     check.calls.clear()
     text, chunks = streamed(url, "chunks:a |b |c |d |e |f |g ")
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     assert "g" not in text
+
+
+def test_every_tokens_counts_tokens_when_one_read_packs_many_events(fake_engine, start_gateway):
+    check = ControlledCheck()
+    url, _ = start_gateway(fake_engine.url, **sandwich(check, every=4))
+    pieces = [f"w{i} " for i in range(10)]
+    text, _ = streamed(url, "packed:" + "|".join(pieces))
+    assert text == "".join(pieces)
+    outputs = [t for stage, t in check.calls if stage == "output"]
+    # One read holds all ten tokens: a check as soon as it arrives (10 >= 4), then the final one. Counted by
+    # reads, "every 4" would have meant "never before the end".
+    assert outputs == ["".join(pieces), "".join(pieces)]
+
+
+def test_a_check_that_fails_fails_closed(fake_engine, start_gateway):
+    check = ControlledCheck()
+    url, _ = start_gateway(fake_engine.url, **sandwich(check, every=2))
+    check.fail = ConnectionError("the guard endpoint went away")
+    before = engine_stats(fake_engine.url)["generations"]
+    with pytest.raises(openai.InternalServerError) as err:
+        chat(url, "hello")
+    assert err.value.status_code == 503 and err.value.body["code"] == "guardrail_unavailable"
+    assert err.value.response.headers["retry-after"] == "5"
+    assert engine_stats(fake_engine.url)["generations"] == before  # never sent upstream unchecked
+
+    # Mid-stream: the input passed, then the output check fails: an error event ends the stream.
+    check.fail = None
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "chunks:a |b |c |d |e "}]}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
+        lines = []
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("data: {") and "a " in line:
+                check.fail = RuntimeError("out of memory")
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "guardrail_unavailable"
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert text.startswith("a ") and "e " not in text
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'llmprod_guardrail_errors_total{check="llama_guard",stage="input"} 1.0' in metrics
+    assert 'llmprod_guardrail_errors_total{check="llama_guard",stage="output"} 1.0' in metrics
+    assert 'llmprod_requests_total{route="chat",status="503"} 2.0' in metrics
+
+
+class BrokenGuard:
+    """A Guard whose input check has a bug: the gateway must still answer in OpenAI's shape."""
+
+    name = "broken"
+    has_input_checks = True
+    has_output_checks = False
+
+    def describe(self):
+        return ["broken"]
+
+    async def check_input(self, texts) -> Decision:
+        raise KeyError(f"no such field in {texts[-1]}")
+
+
+def test_an_unexpected_exception_is_a_json_500_logged_by_request_id_without_the_text(fake_engine, start_gateway,
+                                                                                    caplog):
+    url, _ = start_gateway(fake_engine.url, guard=BrokenGuard(), models={MODEL: "fake"})
+    secret = "my card is 4111 1111 1111 1111"
+    with caplog.at_level(logging.ERROR, logger="llmprod.gateway"):
+        with pytest.raises(openai.InternalServerError) as err:
+            chat(url, secret)
+    assert err.value.status_code == 500
+    assert err.value.body["type"] == "server_error" and err.value.body["code"] == "internal_error"
+    request_id = err.value.response.headers["x-request-id"]
+    assert request_id in err.value.body["message"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"request {request_id}" in logged and "KeyError" in logged
+    assert "4111" not in logged and "card" not in logged
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'llmprod_requests_total{route="chat",status="500"} 1.0' in metrics

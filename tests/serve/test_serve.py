@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,11 +14,19 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from tests_serve_helpers import FAKE_ENGINE, free_port, wait_until
 
 from llmprod.errors import InputError
-from llmprod.serve.engines import (EngineCommand, EngineOptions, EngineProcess, Supervisor, UpstreamState,
-                                   choose_engine, transformers_command, vllm_command)
+from llmprod.serve.engines import (
+    EngineCommand,
+    EngineOptions,
+    EngineProcess,
+    Supervisor,
+    UpstreamState,
+    choose_engine,
+    transformers_command,
+    vllm_command,
+)
+from llmprod.testing.servers import free_port, wait_until
 
 
 def test_engine_choice_says_why():
@@ -61,8 +67,8 @@ def test_transformers_command_refuses_vllm_only_flags(tmp_path):
 
 
 def fake_engine_command(port: int) -> EngineCommand:
-    return EngineCommand("vllm", (sys.executable, str(FAKE_ENGINE), "--port", str(port), "--spawn-child"), port,
-                         "fake", "test")
+    return EngineCommand("vllm", (sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(port),
+                                  "--spawn-child"), port, "fake", "test")
 
 
 def group_alive(pgid: int) -> bool:
@@ -131,7 +137,7 @@ def fake_vllm(tmp_path) -> Path:
     """A `vllm` executable that runs the fake engine (vLLM itself cannot run here)."""
     script = tmp_path / "bin" / "vllm"
     script.parent.mkdir()
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_ENGINE} \"$@\"\n")
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m llmprod.testing.fake_engine \"$@\"\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
 
@@ -170,27 +176,12 @@ def test_unreachable_upstream_is_exit_2(cli):
     assert result.exit_code == 2 and "not reachable" in result.stderr
 
 
-def start_serve(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--json", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    line = proc.stdout.readline()
-    buffer = line
-    while line and not buffer.rstrip().endswith("}"):
-        line = proc.stdout.readline()
-        buffer += line
-    if not buffer:
-        proc.wait(timeout=30)
-        raise AssertionError(f"serve did not start: {proc.stderr.read()}")
-    return proc, json.loads(buffer)
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_with_a_vllm_binary_then_signal_stops_everything(fake_vllm, tmp_path, sig):
+def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fake_vllm, tmp_path, sig):
     pid_file = tmp_path / "child.pid"
     port = free_port()
-    proc, ready = start_serve("./some-model", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(port),
+    proc, ready = serve_process("./some-model", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(port),
                               "--api-key", "k", "--engine-log", str(tmp_path / "e.log"), "--", "--enforce-eager",
                               env={"FAKE_ENGINE_CHILD_PID_FILE": str(pid_file)})
     try:
@@ -223,10 +214,10 @@ def test_serve_with_a_vllm_binary_then_signal_stops_everything(fake_vllm, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_transformers_serve_engine_with_the_official_client(tiny_model_dir, tmp_path):
+def test_transformers_serve_engine_with_the_official_client(serve_process, tiny_model_dir, tmp_path):
     """The real embedded engine on the tiny model: chat, completions, streaming, models, metrics."""
     port = free_port()
-    proc, ready = start_serve(str(tiny_model_dir), "--engine", "transformers", "--port", str(port),
+    proc, ready = serve_process(str(tiny_model_dir), "--engine", "transformers", "--port", str(port),
                               "--engine-log", str(tmp_path / "engine.log"))
     try:
         assert ready["engine"] == "transformers"

@@ -1,27 +1,10 @@
-"""Helpers of the serve tests (conftest.py puts this directory on sys.path)."""
+"""Loopback servers for tests: an ASGI app on a free port in a thread, and polling helpers."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from pathlib import Path
-
-import httpx
-
-FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
-
-
-def _load_fake_engine():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("llmprod_tests_fake_engine", FAKE_ENGINE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_app = _load_fake_engine().make_app
 
 
 def free_port() -> int:
@@ -39,11 +22,9 @@ def wait_until(condition, timeout: float = 20.0, every: float = 0.05) -> None:
         time.sleep(every)
 
 
-def engine_stats(url: str) -> dict:
-    return httpx.get(f"{url}/stats", timeout=5).json()
-
-
 class ThreadServer:
+    """`ThreadServer(app).start()` serves an ASGI app on 127.0.0.1:`port` until `stop()`."""
+
     def __init__(self, app) -> None:
         import uvicorn
 
@@ -65,3 +46,9 @@ class ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+    def __enter__(self) -> "ThreadServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from llmprod.serve.guardrails import detectors
-from llmprod.serve.guardrails.normalize import normalize
-from llmprod.serve.guardrails.policy import CheckConfig, Policy
-from llmprod.serve.guardrails.runtime import PolicyGuard, redact
+from llmprod.guardrails import PolicyGuard, detectors
+from llmprod.guardrails.checks.base import CheckConfig
+from llmprod.guardrails.normalize import normalize
+from llmprod.guardrails.policy import Policy
+from llmprod.guardrails.redaction import redact
 
 
 def guard_for(check: str, action: str = "redact", **options) -> PolicyGuard:

@@ -14,9 +14,9 @@ A match found inside the releasable prefix is redacted there; a match that strad
 the boundary back to its start. Each feed scans only the pending text, whose length is bounded by the
 hold-back window plus the new text, so the total work is linear in the output length.
 
-Model checks (Llama Guard) run on the whole output every `every_tokens` chunks and at the end; the text
-between two such checks is not held for them (that would add their latency to every token), so a block
-from a model check ends the stream at the point where it was detected.
+Model checks (Llama Guard) run on the whole output every `every_tokens` completion tokens and at the end;
+the text between two such checks is not held for them (that would add their latency to every token), so a
+block from a model check ends the stream at the point where it was detected.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ import time
 from dataclasses import replace
 from typing import NamedTuple
 
-from llmprod.serve.guardrails.types import StreamStep
+from llmprod.guardrails.redaction import redact
+from llmprod.guardrails.types import StreamStep
 
 MAX_TOKEN_RUN = 512  # a single non-blank run longer than this is released (no pattern of ours is longer)
 LEFT_CONTEXT = 64  # released characters kept as context, so "api_key" sent earlier still anchors " = '...'"
+EVERY_TOKENS = 64  # a model check without its own `every_tokens`
 
 
 def _tail_run_start(text: str, limit: int) -> int:
@@ -67,7 +69,7 @@ class HoldBack:
     and `start` run on every chunk of every stream, so what they need per pattern kind is prepared here."""
 
     def __init__(self, patterns) -> None:
-        from llmprod.serve.guardrails.detectors import re2_set, set_regex
+        from llmprod.guardrails.detectors import re2_set, set_regex
 
         patterns = list(patterns)
         self.tokens = [(min(p.max_len, MAX_TOKEN_RUN), re.compile(p.hint) if p.hint else None, p.hint_tail)
@@ -144,30 +146,31 @@ class OutputScanner:
         self.context = context
         self.checks = guard.deterministic("output")
         self.model_checks = guard.model_checks("output")
+        self.every_tokens = min((getattr(c, "every_tokens", EVERY_TOKENS) for c in self.model_checks), default=0)
         self.holdback = holdback
         self.pending = ""
         self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
         self.received_parts: list[str] = []
-        self.chunks = 0
-        self.chunks_at_last_model_check = 0
+        self.tokens = 0
+        self.tokens_at_last_model_check = 0
         self.blocked = False
         self.finished = False
         self.timings: dict[str, float] = {}  # seconds per check over the whole stream, reported by close()
 
-    async def feed(self, text: str) -> StreamStep:
+    async def feed(self, text: str, tokens: int = 1) -> StreamStep:
+        """`text` generated next, `tokens` completion tokens of it (the engine's events it came in)."""
         if self.blocked:
             return StreamStep("", blocked=True)
         held = bool(self.pending)
         self.pending += text
         self.received_parts.append(text)
-        self.chunks += 1
+        self.tokens += tokens
         step = self._release(final=False)
         step.verbatim = not (held or step.blocked) and step.text == text
         if step.blocked or not self.model_checks:
             return step
-        every = min(c.config.options.get("every_tokens", 64) for c in self.model_checks)
-        if self.chunks - self.chunks_at_last_model_check >= every:
-            self.chunks_at_last_model_check = self.chunks
+        if self.tokens - self.tokens_at_last_model_check >= self.every_tokens:
+            self.tokens_at_last_model_check = self.tokens
             blocked = await self._model_block()
             if blocked:
                 return StreamStep("", blocked=True, categories=blocked)
@@ -184,7 +187,7 @@ class OutputScanner:
         step = self._release(final=True)
         if step.blocked or not self.model_checks:
             return step
-        blocked = await self._model_block(extra=step.text)
+        blocked = await self._model_block()
         if blocked:
             return StreamStep("", blocked=True, categories=blocked)
         return step
@@ -225,26 +228,24 @@ class OutputScanner:
         return StreamStep(emit)
 
     def close(self) -> None:
-        """The stream ended, whatever the reason: its checks' time goes to the latency metric once."""
+        """The stream ended, whatever the reason: its checks' time is reported once, as one request's."""
         timings, self.timings = self.timings, {}
-        self.guard.observe_timings("output", timings)
+        self.guard.report("output", (), timings)
 
     def _redacted(self, text: str, findings, offset: int) -> str:
         if not findings:
             return text
-        from llmprod.serve.guardrails.runtime import redact
-
         return redact(text, [replace(f, start=f.start - offset, end=f.end - offset) for f in findings])
 
     def _count(self, findings) -> None:
-        metrics = self.guard.metrics
-        if metrics is not None:
-            for f in findings:
-                metrics.guard_verdicts.labels("output", f.check, f.category, f.action).inc()
+        for f in findings:
+            self.guard.observer.finding("output", f)
 
-    async def _model_block(self, extra: str = "") -> tuple[str, ...]:
+    async def _model_block(self) -> tuple[str, ...]:
+        """The model checks on everything received so far; the categories that block, if any. A check that
+        fails raises CheckUnavailable: the relay ends the stream with an error rather than pass it."""
         text = "".join(self.received_parts)
-        findings = await self.guard._run_models("output", [text], self.context)
+        findings = await self.guard.run_models("output", [text], self.context, self.timings)
         self._count(findings)
         block = [f for f in findings if f.action == "block"]
         if block:

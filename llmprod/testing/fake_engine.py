@@ -1,9 +1,11 @@
 """A scriptable OpenAI-compatible engine for the gateway's fault tests (a real HTTP server on loopback).
 
-Behaviour is set per request through the last user message / prompt, so one server serves every test:
+Behaviour is set per request through the last user message / prompt (or a system message, which input
+guardrails do not check, so a test can script the answer to any user text), so one server serves every test:
     "echo"             answers with the (possibly redacted) user text it received
     "slow:SECONDS"     waits that long before answering (timeouts, 429 under load)
     "chunks:A|B|C"     streams exactly those text chunks (guardrail chunk-boundary tests)
+    "packed:A|B|C"     the same events, all in one write (a fast engine's many tokens in one network read)
     "crash"            exits the process (supervision tests)
     anything else      `tokens` tokens "t0 t1 ..." with `itl` seconds between them
 GET /stats: generation requests seen, streams cancelled by the client, the last body received.
@@ -27,7 +29,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-
 WORDS = ("the ", "model ", "writes ", "plain ", "prose ", "about ", "serving ", "and ", "latency ", "of ",
          "tokens ", "with ", "no ", "numbers ", "in ", "it ")
 
@@ -37,7 +38,9 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
 
     def instruction(body: dict, chat: bool) -> str:
         if chat:
-            users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+            messages = body.get("messages", [])
+            users = ([m for m in messages if m.get("role") == "system"]
+                     or [m for m in messages if m.get("role") == "user"])
             content = users[-1]["content"] if users else ""
             return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
         prompt = body.get("prompt", "")
@@ -57,7 +60,7 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
             pieces = [text]
         elif text.startswith("echo:"):
             pieces = [text[5:]]
-        elif text.startswith("chunks:"):
+        elif text.startswith(("chunks:", "packed:")):
             pieces = text[7:].split("|")
         else:
             n = min(tokens, int(body.get("max_tokens") or tokens))
@@ -72,6 +75,10 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
             return JSONResponse({"id": "fake-1", "object": "chat.completion" if chat else "text_completion",
                                  "created": int(time.time()), "model": body.get("model"), "choices": [choice],
                                  "usage": usage})
+
+        async def packed():
+            whole = [event async for event in events()]
+            yield "".join(whole)
 
         async def events():
             try:
@@ -93,7 +100,7 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
                 stats["cancelled"] += 1
                 raise
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(packed() if text.startswith("packed:") else events(), media_type="text/event-stream")
 
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [{"id": model, "object": "model"}]})
@@ -111,6 +118,13 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
         Route("/health", health),
         Route("/stats", stats_route),
     ])
+
+
+def stats(url: str) -> dict:
+    """GET /stats of a running fake engine."""
+    import httpx
+
+    return httpx.get(f"{url}/stats", timeout=5).json()
 
 
 def main() -> None:

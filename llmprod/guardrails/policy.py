@@ -20,61 +20,13 @@ from typing import Any
 
 from llmprod.bundled import RECIPES, find_bundled, yaml_error
 from llmprod.errors import ConfigError
-from llmprod.serve.guardrails import detectors
-from llmprod.serve.guardrails.types import ACTIONS
+from llmprod.guardrails import detectors
+from llmprod.guardrails.checks.base import CheckConfig, CheckType, OptionSpec
+from llmprod.guardrails.registry import CHECK_TYPES
+from llmprod.guardrails.types import STAGES
 
 BUNDLED = RECIPES / "guardrails"
 DEFAULT_POLICY = BUNDLED / "default.yaml"
-STAGES = ("input", "output")
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    kind: str  # "str" | "float" | "int" | "bool" | "list[str]" | "patterns"
-    choices: tuple[str, ...] = ()
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-
-
-@dataclass(frozen=True)
-class CheckSpec:
-    actions: tuple[str, ...]
-    stages: tuple[str, ...]
-    options: dict[str, OptionSpec]
-    model_based: bool = False
-
-
-LLAMA_GUARD_CATEGORIES = tuple(f"S{i}" for i in range(1, 15))
-CHECKS: dict[str, CheckSpec] = {
-    "pii": CheckSpec(ACTIONS, STAGES, {"entities": OptionSpec("list[str]", tuple(detectors.PII_ENTITIES))}),
-    "secrets": CheckSpec(ACTIONS, STAGES, {"kinds": OptionSpec("list[str]", tuple(detectors.SECRET_PATTERNS))}),
-    "injection": CheckSpec(ACTIONS, STAGES, {"categories": OptionSpec("list[str]",
-                                                                      tuple(detectors.INJECTION_CATEGORIES))}),
-    "denylist": CheckSpec(ACTIONS, STAGES, {"words": OptionSpec("list[str]", required=True),
-                                            "case_sensitive": OptionSpec("bool")}),
-    "regex": CheckSpec(ACTIONS, STAGES, {"patterns": OptionSpec("patterns", required=True),
-                                         "case_sensitive": OptionSpec("bool"),
-                                         "max_length": OptionSpec("int", minimum=1, maximum=100_000)}),
-    "llama_guard": CheckSpec(("flag", "block"), STAGES, {
-        "model": OptionSpec("str"), "endpoint": OptionSpec("str"), "api_key_env": OptionSpec("str"),
-        "threshold": OptionSpec("float", minimum=0.0, maximum=1.0),
-        "exclude": OptionSpec("list[str]", LLAMA_GUARD_CATEGORIES),
-        "every_tokens": OptionSpec("int", minimum=1, maximum=100_000),
-        "device": OptionSpec("str", ("auto", "cpu", "cuda"))}, model_based=True),
-    "prompt_guard": CheckSpec(("flag", "block"), ("input",), {
-        "model": OptionSpec("str"), "threshold": OptionSpec("float", minimum=0.0, maximum=1.0),
-        "device": OptionSpec("str", ("auto", "cpu", "cuda"))}, model_based=True),
-}
-
-
-@dataclass(frozen=True)
-class CheckConfig:
-    check: str
-    action: str
-    stage: str
-    options: dict[str, Any]
-    line: int
 
 
 @dataclass
@@ -87,17 +39,13 @@ class Policy:
     def checks(self, stage: str) -> list[CheckConfig]:
         return self.input if stage == "input" else self.output
 
-    def runtime(self, **kwargs):
-        from llmprod.serve.guardrails.runtime import PolicyGuard
-
-        return PolicyGuard(self, **kwargs)
-
 
 def find_policy(name_or_path: str | Path) -> Path:
     return find_bundled(name_or_path, BUNDLED, "guardrail policy")
 
 
-def load_policy(name_or_path: str | Path) -> Policy:
+def load_policy(name_or_path: str | Path, registry: dict[str, CheckType] | None = None) -> Policy:
+    """A policy file (or a bundled policy's name), validated against the check types of `registry`."""
     import yaml
 
     path = find_policy(name_or_path)
@@ -107,7 +55,7 @@ def load_policy(name_or_path: str | Path) -> Policy:
         raise yaml_error(path, exc) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}", hint="give a readable UTF-8 YAML file") from None
-    return _parse(root, path)
+    return _parse(root, path, registry or CHECK_TYPES)
 
 
 def _err(path: Path, line: int, message: str, hint: str = "see recipes/guardrails/default.yaml for the format"):
@@ -135,7 +83,7 @@ def _plain(node):
     return yaml.safe_load(yaml.serialize(node))
 
 
-def _parse(root, path: Path) -> Policy:
+def _parse(root, path: Path, registry: dict[str, CheckType]) -> Policy:
     import yaml
 
     if root is None:
@@ -154,24 +102,24 @@ def _parse(root, path: Path) -> Policy:
         if not isinstance(node, yaml.SequenceNode):
             raise _err(path, _line(node), f"`{stage}` must be a list of checks")
         for item in node.value:
-            policy.checks(stage).append(_parse_check(item, stage, path))
+            policy.checks(stage).append(_parse_check(item, stage, path, registry))
     if not policy.input and not policy.output:
         raise _err(path, _line(root), "the policy has no checks", "add checks under `input:` or `output:`")
     return policy
 
 
-def _parse_check(node, stage: str, path: Path) -> CheckConfig:
+def _parse_check(node, stage: str, path: Path, registry: dict[str, CheckType]) -> CheckConfig:
     fields = _mapping(node, path, "a check")
     line = _line(node)
     for key in fields:
         if key not in ("check", "action", "options"):
             raise _err(path, line, f"unknown key {key!r} in a check (known: check, action, options)")
     if "check" not in fields:
-        raise _err(path, line, "a check needs `check:` (one of " + ", ".join(CHECKS) + ")")
+        raise _err(path, line, "a check needs `check:` (one of " + ", ".join(registry) + ")")
     check = str(_plain(fields["check"]))
-    spec = CHECKS.get(check)
+    spec = registry.get(check)
     if spec is None:
-        raise _err(path, _line(fields["check"]), f"unknown check {check!r}", f"use one of: {', '.join(CHECKS)}")
+        raise _err(path, _line(fields["check"]), f"unknown check {check!r}", f"use one of: {', '.join(registry)}")
     if stage not in spec.stages:
         raise _err(path, line, f"check {check!r} runs on {', '.join(spec.stages)} only, not {stage}")
     action = str(_plain(fields["action"])) if "action" in fields else "block"
@@ -190,10 +138,6 @@ def _parse_check(node, stage: str, path: Path) -> CheckConfig:
     for key, option in spec.options.items():
         if option.required and key not in options:
             raise _err(path, line, f"{check} needs the option {key!r}")
-    if check == "llama_guard" and not (options.get("model") or options.get("endpoint")):
-        options["model"] = "meta-llama/Llama-Guard-3-1B"
-    if check == "prompt_guard" and not options.get("model"):
-        options["model"] = "meta-llama/Llama-Prompt-Guard-2-86M"
     return CheckConfig(check, action, stage, options, line)
 
 

@@ -1,4 +1,4 @@
-"""What a guardrail check reports, and the interface the gateway calls."""
+"""What a guardrail check reports, what observes it, and the interface the gateway calls."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 ACTIONS = ("flag", "redact", "block")
+STAGES = ("input", "output")
 # A text's verdict is its strongest action; "allow" when nothing was found.
 SEVERITY = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
 
@@ -59,8 +60,42 @@ class StreamStep:
     verbatim: bool = False  # `text` is exactly what this feed received: nothing held, nothing rewritten
 
 
+class CheckUnavailable(Exception):
+    """A check could not give a verdict (its model endpoint went away, the model raised). The guard fails
+    closed: the gateway answers 503 instead of letting the text through unchecked."""
+
+    def __init__(self, stage: str, check: str, cause: BaseException) -> None:
+        super().__init__(f"the {check} check on the {stage} failed ({type(cause).__name__})")
+        self.stage, self.check, self.cause = stage, check, cause
+
+
+class GuardObserver(Protocol):
+    """What a guard reports as it works: the gateway's metrics implement it, `guardrails scan` sums it."""
+
+    def finding(self, stage: str, finding: Finding) -> None:
+        """A finding that led to its check's action (counted once per text it was found in)."""
+
+    def latency(self, stage: str, check: str, seconds: float) -> None:
+        """One check's time for one request (a stream's chunks summed)."""
+
+    def failure(self, stage: str, check: str) -> None:
+        """A check raised instead of answering (see CheckUnavailable)."""
+
+
+class NullObserver:
+    def finding(self, stage: str, finding: Finding) -> None:
+        pass
+
+    def latency(self, stage: str, check: str, seconds: float) -> None:
+        pass
+
+    def failure(self, stage: str, check: str) -> None:
+        pass
+
+
 class OutputStream(Protocol):
-    async def feed(self, text: str) -> StreamStep: ...
+    async def feed(self, text: str, tokens: int = 1) -> StreamStep:
+        """`text` generated next, made of `tokens` completion tokens."""
 
     async def finish(self) -> StreamStep: ...
 
