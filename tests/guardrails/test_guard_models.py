@@ -126,9 +126,15 @@ def guard_endpoint(answer):
     return ThreadServer(app), seen
 
 
+def verdict_then_categories(body: dict) -> dict:
+    if body["prompt"].endswith("unsafe\n"):  # the categories line, after the verdict
+        return {"choices": [{"text": "S2,S9<|eot_id|>"}]}
+    return {"choices": [{"text": "unsafe", "logprobs": {"tokens": ["unsafe"],
+                                                        "top_logprobs": [{"unsafe": -0.2231, "safe": -1.6094}]}}]}
+
+
 def test_llama_guard_against_an_endpoint_uses_first_token_logprobs():
-    server, seen = guard_endpoint(lambda body: {"choices": [{"text": "unsafe\nS2,S9", "logprobs": {
-        "tokens": ["unsafe", "\n", "S2"], "top_logprobs": [{"unsafe": -0.2231, "safe": -1.6094}, {}, {}]}}]})
+    server, seen = guard_endpoint(verdict_then_categories)
     with server:
         check = llama_guard.build(CheckConfig("llama_guard", "block", "output",
                                               {"endpoint": server.url + "/v1", "threshold": 0.5, "exclude": ["S9"]}, 1),
@@ -137,11 +143,20 @@ def test_llama_guard_against_an_endpoint_uses_first_token_logprobs():
     assert [f.category for f in findings] == ["S2"]
     assert findings[0].score == pytest.approx(0.8, abs=1e-3)
     assert check.scorer.model_name == "meta-llama/Llama-Guard-3-8B"  # the only model the endpoint lists
-    probe, scored = seen
-    assert scored["prompt"] == build_llama_guard_prompt(FORMATS["llama-guard-3-8b"], "a question", "an answer",
-                                                        ("S9",)) + "\n\n"
+    probe, scored, categories = seen
+    prompt = build_llama_guard_prompt(FORMATS["llama-guard-3-8b"], "a question", "an answer", ("S9",)) + "\n\n"
+    assert scored["prompt"] == prompt and scored["max_tokens"] == 1
     assert scored["logprobs"] == 20 and scored["temperature"] == 0.0 and scored["add_special_tokens"] is False
+    assert categories["prompt"] == prompt + "unsafe\n" and "logprobs" not in categories
     assert probe["prompt"].startswith("<|begin_of_text|>")  # built with the endpoint, tried before serving
+
+    # Below the threshold: the verdict alone, no request for categories.
+    server, seen = guard_endpoint(verdict_then_categories)
+    with server:
+        check = llama_guard.build(CheckConfig("llama_guard", "block", "input",
+                                              {"endpoint": server.url, "threshold": 0.9}, 1), SharedModels())
+        assert asyncio.run(check.check_input(["a question"])) == []
+    assert len(seen) == 2  # the probe and one verdict
 
 
 @pytest.mark.parametrize("answer,words", [

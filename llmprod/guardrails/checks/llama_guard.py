@@ -217,7 +217,7 @@ class EndpointLlamaGuard:
                              f"{' '.join(answer.text.split())[:160]}",
                              hint="serve the guard model with vLLM, which returns logprobs")
         try:
-            self.parse(answer.json(), ())
+            self.parse(answer.json())
         except ValueError as exc:  # not JSON, no choices, or no logprobs
             raise InputError(f"{where} cannot score: {exc}",
                              hint="serve the guard model with vLLM (its completions return logprobs)") from None
@@ -227,40 +227,55 @@ class EndpointLlamaGuard:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def request(self, user: str, agent: str | None, exclude: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"max_tokens": 12, "temperature": 0.0}
+    def request(self, user: str, agent: str | None, exclude: tuple[str, ...],
+                categories: bool = False) -> tuple[str, dict[str, Any]]:
+        """The verdict request (one token, with its top logprobs) or, once the verdict is unsafe, the request
+        for the categories line (as in-process: the answer forced to start with "unsafe\n")."""
+        body: dict[str, Any] = {"max_tokens": 12 if categories else 1, "temperature": 0.0}
         if self.model_name:
             body["model"] = self.model_name
         if self.format.family == "llama-guard-4":
             messages = [{"role": "user", "content": user}]
             if agent is not None:
                 messages.append({"role": "assistant", "content": agent})
-            body.update(messages=messages, logprobs=True, top_logprobs=self.TOP_LOGPROBS,
-                        chat_template_kwargs={"excluded_category_keys": list(exclude)})
+            body.update(messages=messages, chat_template_kwargs={"excluded_category_keys": list(exclude)})
+            if not categories:
+                body.update(logprobs=True, top_logprobs=self.TOP_LOGPROBS)
             return "/v1/chat/completions", body
+        prompt = build_llama_guard_prompt(self.format, user, agent, exclude) + ANSWER_PREFIX
         # The prompt carries its own <|begin_of_text|>: the server must not add a second one (vLLM's
         # `add_special_tokens`, which defaults to true for completions).
-        body.update(prompt=build_llama_guard_prompt(self.format, user, agent, exclude) + ANSWER_PREFIX,
-                    logprobs=self.TOP_LOGPROBS, add_special_tokens=False)
+        body.update(prompt=prompt + "unsafe\n" if categories else prompt, add_special_tokens=False)
+        if not categories:
+            body["logprobs"] = self.TOP_LOGPROBS
         return "/v1/completions", body
 
-    def parse(self, answer: dict, exclude: tuple[str, ...]) -> tuple[float, list[str]]:
-        try:
-            choice = answer["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise ValueError("the guard endpoint's answer has no choices") from None
-        text, top = _first_token_logprobs(choice)
+    def parse(self, answer: dict) -> float:
+        """P("unsafe") from the first generated token's top logprobs."""
+        _, top = _first_token_logprobs(_choice(answer))
         if not top:
             raise ValueError("the guard endpoint answered without logprobs")
-        p_unsafe = sum(math.exp(lp) for tok, lp in top.items() if tok.strip().lower() == "unsafe")
-        lines = text.strip().split("\n")
-        return p_unsafe, parse_categories(lines[1] if len(lines) > 1 else "", exclude)
+        return sum(math.exp(lp) for tok, lp in top.items() if tok.strip().lower() == "unsafe")
+
+    def parse_categories(self, answer: dict, exclude: tuple[str, ...]) -> list[str]:
+        text = _first_token_logprobs(_choice(answer))[0].strip()
+        if self.format.family == "llama-guard-4":  # the whole answer: "unsafe\nS1,S2"
+            text = text.split("\n", 1)[1] if "\n" in text else ""
+        return parse_categories(text.split("\n")[0], exclude)
 
     async def ascore(self, user: str, agent: str | None, exclude: tuple[str, ...], want_categories: float | None):
+        """(p_unsafe, categories): one request for the verdict, a second for the categories when unsafe."""
+        client = self._async_client()
         path, body = self.request(user, agent, exclude)
-        response = await self._async_client().post(f"{self.endpoint}{path}", json=body)
+        response = await client.post(f"{self.endpoint}{path}", json=body)
         response.raise_for_status()
-        return self.parse(response.json(), exclude)
+        p_unsafe = self.parse(response.json())
+        if want_categories is None or p_unsafe < want_categories:
+            return p_unsafe, []
+        path, body = self.request(user, agent, exclude, categories=True)
+        response = await client.post(f"{self.endpoint}{path}", json=body)
+        response.raise_for_status()
+        return p_unsafe, self.parse_categories(response.json(), exclude)
 
     def _async_client(self):
         """One pooled client per event loop (the gateway's; `guardrails scan` runs one of its own)."""
@@ -276,6 +291,13 @@ class EndpointLlamaGuard:
         if self._client is not None and self._client_loop is asyncio.get_running_loop():
             await self._client.aclose()
         self._client = None
+
+
+def _choice(answer: dict) -> dict:
+    try:
+        return answer["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("the guard endpoint's answer has no choices") from None
 
 
 def _first_token_logprobs(choice: dict) -> tuple[str, dict[str, float]]:
