@@ -3,7 +3,7 @@
     python benchmarks/gateway_overhead.py --out benchmarks/results/gateway-overhead-cpu.json
 
 One engine (llmprod.testing.fake_engine: a real HTTP server on loopback that streams tokens as fast as it
-can, plain words without digits, with the usage chunk and [DONE] like vLLM) and two gateways in front of
+can, or at --itl seconds per token, of the kind of text --text says, with the usage chunk and [DONE] like vLLM) and two gateways in front of
 it, one with --no-guardrails and one with the default policy. The same client (`llmprod bench`) loads each
 target in turn for --duration seconds per concurrency level, in A-B-C then C-B-A order round after round
 so drift hits all alike. Reported, paired by round (each gateway run against the direct run of the same
@@ -85,6 +85,11 @@ def main() -> int:
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--duration", type=float, default=2.0,
                         help="seconds per concurrency level and round (a fixed request count is over in ms at c=1)")
+    parser.add_argument("--text", default="prose", choices=("prose", "runs", "code", "json", "base64"),
+                        help="what the engine streams (llmprod.testing.texts): the output guardrails' hold-back "
+                             "and work depend on it")
+    parser.add_argument("--itl", type=float, default=0.0,
+                        help="seconds the engine waits between tokens of a stream (0: as fast as it can)")
     parser.add_argument("--isolate", action="store_true",
                         help="a core of its own for the engine, the client and each gateway (needs 4 cores)")
     args = parser.parse_args()
@@ -102,7 +107,7 @@ def main() -> int:
     try:
         engine_port = free_port()
         procs.append(spawn([sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(engine_port),
-                            "--tokens", "4096", "--words"], placement.get("engine")))
+                            "--tokens", "4096", "--text", args.text, "--itl", str(args.itl)], placement.get("engine")))
         engine = f"http://127.0.0.1:{engine_port}"
         wait_ready(f"{engine}/health")
         targets = {"direct": engine}
@@ -184,6 +189,7 @@ def main() -> int:
     result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "cores": {role: sorted(c) for role, c in placement.items()} or "shared",
               "rounds": args.rounds, "seconds_per_level": args.duration, "output_tokens": args.output_tokens,
+              "text": args.text, "engine_itl_s": args.itl,
               "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table,
               "cpu_us_per_output_token": cpu_us_per_token, "per_round": per_round}
     args.out.parent.mkdir(parents=True, exist_ok=True)

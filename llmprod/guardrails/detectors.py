@@ -4,10 +4,10 @@ Every pattern is compiled with RE2, which matches in time linear in the text (no
 pattern, ours or a policy's, can hang the gateway. RE2 has no look-around or back-references: context
 is checked by validators on each candidate instead (Luhn, mod-97, SSN ranges, entropy, ...).
 
-Each pattern also says how it behaves in a stream (see stream.py): a "token" pattern matches a run of
-non-blank characters (digit groups may be split by single spaces), so holding back the text's trailing
-run is enough to never emit a partial match; a "keyword" pattern starts at a trigger word and spans at
-most `max_len` characters; a "window" pattern can be anything up to `max_len` characters long.
+Each pattern also says how it behaves in a stream (see stream.py): a "token" pattern's match is made of
+the characters of its `chars` alphabet and needs its `hint` somewhere, so only the text's trailing stretch
+of those characters can hold a match still growing; a "keyword" pattern starts at a trigger word and
+spans at most `max_len` characters; a "window" pattern can be anything up to `max_len` characters long.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -54,6 +55,18 @@ class Pattern:
     # and how many trailing characters could still be the start of one when it does not.
     hint: str | None = None
     hint_tail: int = 0
+    # "token" patterns: a regex every complete match contains, tighter than the hint where the hint is
+    # common ("12 digits" for a card, not "a digit"); what the stream scanner's prefilter looks for.
+    needs: str | None = None
+    # "token" patterns: every character a match (its sensitive group) can contain, for str.rstrip; and
+    # those that can come before its hint in a match (None: the same), at most `hint_tail` of them.
+    chars: str = string.ascii_letters + string.digits + string.punctuation
+    lead: str | None = None
+    # "keyword" patterns whose match can go on past where a partial match says (an optional tail that a
+    # lazy quantifier leaves out): held for their whole reach after the trigger.
+    open_ended: bool = False
+    # A match its validator refuses may hold a valid shorter one ending at a separator inside it.
+    shrink: bool = False
     _compiled: object = field(default=None, init=False, repr=False)
     _trigger: object = field(default=None, init=False, repr=False)
 
@@ -81,8 +94,22 @@ class Pattern:
             if start < 0 or end <= start:
                 continue
             if self.validate is not None and not self.validate(text[start:end]):
-                continue
+                end = self._shorter(text, m.start(), start, end)
+                if end is None:
+                    continue
             yield Match(self.category, start, end)
+
+    def _shorter(self, text: str, at: int, start: int, end: int) -> int | None:
+        """The longest valid match that ends at a separator inside a greedy one that failed its validator:
+        "4111 1111 1111 1111 07" is a card followed by a number, not a 18-digit non-card. None: no such."""
+        if not self.shrink:
+            return None
+        for cut in range(end - 1, start, -1):
+            if text[cut] in " -" and text[cut - 1] not in " -":
+                m = self.compiled().search(text[:cut], at)
+                if m is not None and m.start(self.group) == start and self.validate(text[start:m.end(self.group)]):
+                    return m.end(self.group)
+        return None
 
 
 class Detector:
@@ -202,14 +229,18 @@ def bare_secret_ok(value: str) -> bool:
 
 # -- PII ------------------------------------------------------------------------------------------------------
 _NOT_WORD_BEFORE = r"(?:^|[^A-Za-z0-9_])"
+_ALNUM = string.ascii_letters + string.digits
+_HEX = string.digits + "abcdefABCDEF"
 _NOT_DIGIT_BEFORE = r"(?:^|[^0-9A-Za-z+.-])"
 
 PII_PATTERNS = {
     "email": Pattern("email", _NOT_WORD_BEFORE + r"([A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}"
                      r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24})",
-                     group=1, hint="@", hint_tail=64),
+                     group=1, hint="@", hint_tail=64, chars=_ALNUM + "._%+-@", lead=_ALNUM + "._%+-"),
     "phone": Pattern("phone", _NOT_DIGIT_BEFORE + r"((?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,5}){1,5}"
-                     r"|\+\d{7,15})(?:(?:x|ext\.? ?)\d{1,5})?(?:$|[^0-9A-Za-z])", group=1, validate=phone_ok, max_len=40, hint=r"\d", hint_tail=1),
+                     r"|\+\d{7,15})(?:(?:x|ext\.? ?)\d{1,5})?(?:$|[^0-9A-Za-z])", group=1, validate=phone_ok, max_len=40,
+                     hint=r"\d", hint_tail=1, chars=string.digits + " ().+-xet", lead="+(",
+                     needs=r"\d(?:[ ().-]{0,3}\d){6}"),
     # A number right after a word that announces one ("phone:", "call me on", "fax") needs less shape.
     "phone_context": Pattern("phone", r"(?i)\b(?:phone|tel|telephone|fax|mobile|cell|call|desk|office|whatsapp|"
                              r"contact|reach me|text me)\b[^0-9+()\n]{0,15}\n?[^0-9+()\n]{0,5}"
@@ -218,18 +249,24 @@ PII_PATTERNS = {
                              trigger=r"phone|tel|fax|mobile|cell|call|desk|office|whatsapp|contact|reach me|text me",
                              max_len=60),
     "card": Pattern("card", _NOT_DIGIT_BEFORE + r"(\d{4}(?:[ -]?\d{2,4}){2,4}|\d{12,19})(?:$|[^0-9A-Za-z])",
-                    group=1, validate=luhn_ok, max_len=32, hint=r"\d", hint_tail=1),
+                    group=1, validate=luhn_ok, max_len=32, hint=r"\d", hint_tail=1, chars=string.digits + " -",
+                    needs=r"\d(?:[ -]?\d){11}", lead="", shrink=True),
     "ssn": Pattern("ssn", _NOT_DIGIT_BEFORE + r"(\d{3}[- ]\d{2}[- ]\d{4})(?:$|[^0-9A-Za-z])", group=1, validate=ssn_ok,
-                   max_len=16, hint=r"\d", hint_tail=1),
+                   max_len=16, hint=r"\d", hint_tail=1, chars=string.digits + " -", lead="",
+                   needs=r"\d{3}[- ]\d{2}[- ]\d{4}"),
     "iban": Pattern("iban", r"(?:^|[^A-Za-z0-9])([A-Za-z]{2}\d{2}(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,7}"
                     r"(?: [A-Za-z0-9]{1,4})?))(?:$|[^A-Za-z0-9])", group=1,
-                    validate=iban_ok, max_len=48, hint=r"[A-Za-z]{2}\d", hint_tail=3),
+                    validate=iban_ok, max_len=48, hint=r"[A-Za-z]{2}\d", hint_tail=3, chars=_ALNUM + " ",
+                    lead=string.ascii_letters,
+                    needs=r"(?:^|[^A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[A-Za-z0-9]{11}| [A-Za-z0-9]{4} [A-Za-z0-9]{4})"),
     "ipv4": Pattern("ipv4", r"(?:^|[^0-9.])((?:\d{1,3}\.){3}\d{1,3})(?:$|[^0-9.]|\.(?:$|[^0-9]))", group=1,
-                    validate=ipv4_ok, max_len=20, hint=r"\d", hint_tail=1),
+                    validate=ipv4_ok, max_len=20, hint=r"\d", hint_tail=1, chars=string.digits + ".", lead="",
+                    needs=r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d"),
     "ipv6": Pattern("ipv6", r"(?:^|[^0-9A-Za-z:])((?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|"
                     r"(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}|(?:[0-9A-Fa-f]{1,4}:){2,7}:|"
                     r"::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})(?:$|[^0-9A-Za-z:])", group=1, validate=ipv6_ok,
-                    max_len=48, hint=":", hint_tail=5),
+                    max_len=48, hint=":", hint_tail=5, chars=_HEX + ":", lead=_HEX,
+                    needs=r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
 }
 PII_ENTITIES = {"email": ["email"], "phone": ["phone", "phone_context"], "card": ["card"], "ssn": ["ssn"], "iban": ["iban"],
                 "ip": ["ipv4", "ipv6"]}
@@ -241,27 +278,33 @@ _KEYWORD_VALUE = r"\s*(?:[\"']?\s*(?:=>|:=|=|:)\s*)[\"'`]?"
 SECRET_PATTERNS = {
     "aws": [
         Pattern("aws_access_key_id", r"(?:^|[^A-Z0-9])((?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA|A3T[A-Z0-9])"
-                r"[A-Z0-9]{16})(?:$|[^A-Z0-9])", group=1, max_len=24, hint=r"A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|BIA|CCA|3T)", hint_tail=4),
+                r"[A-Z0-9]{16})(?:$|[^A-Z0-9])", group=1, max_len=24,
+                hint=r"A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|BIA|CCA|3T)", hint_tail=4,
+                chars=string.ascii_uppercase + string.digits, lead=string.ascii_uppercase + string.digits),
         Pattern("aws_secret_access_key", r"(?i)(?:aws)?_?(?:secret)_?(?:access)?_?key(?:_id)?" + _KEYWORD_VALUE +
                 r"([A-Za-z0-9/+=]{40})(?:$|[^A-Za-z0-9/+=])", group=1, stream="keyword",
                 trigger=r"secret_?(?:access)?_?key(?:_id)?" + _KEYWORD_VALUE, max_len=120),
     ],
     "github": [Pattern("github_token", r"(?:^|[^A-Za-z0-9_])((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}|"
-                       r"github_pat_[A-Za-z0-9_]{22,255})", group=1, max_len=300, hint=r"gh[pousr]_|github_pat_", hint_tail=11)],
+                       r"github_pat_[A-Za-z0-9_]{22,255})", group=1, max_len=300, hint=r"gh[pousr]_|github_pat_",
+                       hint_tail=11, chars=_ALNUM + "_", lead=_ALNUM + "_")],
     "gitlab": [Pattern("gitlab_token", r"(?:^|[^A-Za-z0-9_])((?:glpat|glptt|gldt|glrt|glsoat|glffct|glcbt|gloas|"
                        r"glimt|glagent|glft)-[A-Za-z0-9_-]{20,64}|GR1348941[A-Za-z0-9_-]{20,64})", group=1,
-                       max_len=80, hint=r"gl[a-z]+-|GR1348941", hint_tail=9)],
+                       max_len=80, hint=r"gl[a-z]+-|GR1348941", hint_tail=9, chars=_ALNUM + "_-", lead=_ALNUM + "-")],
     "slack": [
         Pattern("slack_token", r"(?:^|[^A-Za-z0-9])(xox[abposre]-[A-Za-z0-9-]{10,250}|xapp-\d-?[A-Za-z0-9/-]{10,250}|"
-                r"xapp-[A-Za-z0-9/-]{20,250})", group=1, max_len=260, hint=r"xox[a-z]-|xapp-", hint_tail=5),
+                r"xapp-[A-Za-z0-9/-]{20,250})", group=1, max_len=260, hint=r"xox[a-z]-|xapp-", hint_tail=5,
+                chars=_ALNUM + "/-", lead=string.ascii_letters + "-"),
         Pattern("slack_webhook", r"(https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,200})",
-                group=1, max_len=220, hint=r"hooks\.slack\.com", hint_tail=30),
+                group=1, max_len=220, hint=r"hooks\.slack\.com", hint_tail=30, chars=_ALNUM + ":/.+_-",
+                lead=string.ascii_letters + ":/."),
     ],
     "private_key": [Pattern("private_key", r"(-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
                             r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)?)",
-                            group=1, stream="keyword", trigger=r"-----BEGIN", max_len=16500)],
+                            group=1, stream="keyword", trigger=r"-----BEGIN", max_len=16500, open_ended=True)],
     "jwt": [Pattern("jwt", r"(?:^|[^A-Za-z0-9_-])(eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)",
-                    group=1, max_len=4096, hint="eyJ", hint_tail=3)],
+                    group=1, max_len=4096, hint="eyJ", hint_tail=3, chars=_ALNUM + "_.-", lead=string.ascii_letters,
+                    needs=r"eyJ[A-Za-z0-9_-]{8,}\.eyJ")],
     "generic": [
         Pattern("generic_secret", r"(?i)[A-Za-z0-9_.-]*(?:api[_.-]?key|apikey|secret|token|passw(?:or)?d|passwd|pwd|"
                 r"access[_.-]?key|auth[_.-]?key|private[_.-]?key|credential)[A-Za-z0-9_.-]*[\"']?\s*(?:=>|:=|=|:)\s*"

@@ -1,18 +1,26 @@
-"""Incremental output scanning with a hold-back window.
+"""Incremental output scanning with a hold-back bounded by what a pattern can still complete.
 
 Generated text arrives a few characters at a time. The scanner keeps only the *pending* text (received,
-not yet sent) and releases a prefix of it once no match can still grow into that prefix:
+not yet sent) and releases a prefix of it as soon as no match of any pattern can still grow into that
+prefix. Each pattern says how far back a match still growing at the end can start:
 
-- "token" patterns (e-mails, card numbers, keys) consist of non-blank characters, digit groups split by
-  single spaces at most, so a match still growing lies inside the trailing run of such characters;
-- "keyword" patterns start at a trigger word ("secret", "-----BEGIN") and are at most `max_len` long, so
-  the text from the last trigger within `max_len` of the end is held;
+- "token" patterns (e-mails, card numbers, keys) are made of the characters in their `chars` alphabet,
+  so a match still growing lies in the trailing stretch of those characters, within the pattern's longest
+  match. Until a pattern's `hint` occurs there (an "@", a digit, "ghp_"), only its last `hint_tail`
+  characters can be the start of one (an e-mail's local part is at most 64 characters). Once it does, the
+  regex itself decides: a partial match (the `regex` module's partial matching, ASCII semantics like RE2's)
+  that reaches the end of the text holds from its start; none, and the stretch is released.
+- "keyword" patterns start at a trigger ("password:", "-----BEGIN"): from each trigger within reach, the
+  same partial match says whether a match is still possible ("token: each request" is not: a secret's
+  value has no blank in it). `open_ended` patterns hold from their trigger for their whole reach.
 - "window" patterns (phrases, custom regexes) can be anything up to `max_len` long: the last
   `max_len - 1` characters are held.
 
-A match found inside the releasable prefix is redacted there; a match that straddles the boundary moves
-the boundary back to its start. Each feed scans only the pending text, whose length is bounded by the
-hold-back window plus the new text, so the total work is linear in the output length.
+So prose holds back about the word being written, code and JSON the identifier or number being written,
+and a long run without a hint is released as it comes. A match found inside the releasable prefix is
+redacted there; a match that straddles the boundary moves the boundary back to its start. Each feed looks
+at the left context, the pending text and the new text only: bounded by the patterns' reach, whatever
+the length of the output or of a run.
 
 Model checks (Llama Guard) run on the whole output every `every_tokens` completion tokens and at the end;
 the text between two such checks is not held for them (that would add their latency to every token), so a
@@ -26,118 +34,209 @@ import time
 from dataclasses import replace
 from typing import NamedTuple
 
+from llmprod.guardrails.normalize import normalize
 from llmprod.guardrails.redaction import redact
 from llmprod.guardrails.types import StreamStep
 
-MAX_TOKEN_RUN = 512  # a single non-blank run longer than this is released (no pattern of ours is longer)
+MAX_TOKEN_RUN = 512  # a token pattern's reach is capped here (a JWT may be longer: its head goes out first)
 LEFT_CONTEXT = 64  # released characters kept as context, so "api_key" sent earlier still anchors " = '...'"
 EVERY_TOKENS = 64  # a model check without its own `every_tokens`
-
-
-def _tail_run_start(text: str, limit: int) -> int:
-    """Start of the trailing run of non-blank characters (digit groups may be split by one space)."""
-    i = len(text)
-    lower = max(0, len(text) - limit)
-    while i > lower:
-        ch = text[i - 1]
-        if not ch.isspace():
-            i -= 1
-            continue
-        # "4111 1111" / "+1 (415) 555" / "GB82 WEST": one space between two parts of a group, or a space
-        # at the very end after a digit (the next chunk may carry the next group).
-        before = text[i - 2] if i >= 2 else ""
-        after = text[i] if i < len(text) else ""
-        if ch == " " and (before.isalnum() or before == ")") and before != " " and (
-                (after and (after.isalnum() or after == "(") and (before.isdigit() or after.isdigit()))
-                or (not after and before.isdigit())):
-            i -= 1
-            continue
-        break
-    return i
+PARTIAL_TIMEOUT = 0.002  # seconds a partial match may take; past it, the pattern counts as still growing
 
 
 class Look(NamedTuple):
-    """What one pass over a text found anywhere in it."""
+    """What one RE2 pass over a text found anywhere in it."""
 
-    candidates: set[int]  # id() of the patterns that may match (as the prefilter says)
+    candidates: set[int]  # id() of the patterns that may match somewhere in it (their hint or trigger occurs)
     triggers: list[int]  # indices into HoldBack.keywords of the keyword patterns whose trigger occurs
-    hint: bool  # some token pattern's hint occurs (always True for non-ASCII text: `re` decides there)
+    hints: set[int]  # indices into HoldBack.tokens of the token patterns whose hint occurs
+
+
+class Growing:
+    """A token or keyword pattern, ready for "where could a match still growing at the end start?"."""
+
+    def __init__(self, pattern) -> None:
+        import regex
+
+        self.pattern = pattern
+        self.open_ended = pattern.stream == "keyword" and pattern.open_ended
+        self.reach = min(pattern.max_len, MAX_TOKEN_RUN) if pattern.stream == "token" else pattern.max_len
+        self.chars = pattern.chars
+        self.lead = pattern.chars if pattern.lead is None else pattern.lead
+        self.hint = re.compile(pattern.hint, re.ASCII) if pattern.hint else None
+        self.hint_tail = pattern.hint_tail
+        body = pattern.regex.removeprefix("(?i)")
+        flags = regex.ASCII | regex.V0 | (regex.IGNORECASE if pattern.case_insensitive or body != pattern.regex
+                                          else 0)
+        # A match that reaches the end, complete or cut short by it: either can still grow.
+        self.partial = regex.compile(f"(?:{body})\\Z", flags)
+
+    def alive_from(self, text: str, pos: int) -> int | None:
+        """The start of the leftmost match at or after `pos` that reaches the end of `text`, if any (with
+        the boundary character before it that some patterns match)."""
+        try:
+            found = self.partial.search(text, pos, partial=True, timeout=PARTIAL_TIMEOUT)
+        except TimeoutError:
+            return pos  # not decided in time: held, as if it could grow
+        return None if found is None else found.start()
+
+    def releasable(self, text: str, start: int | None) -> int | None:
+        """The character before a match (its left boundary) is not part of what it redacts: it may go."""
+        if start is not None and start < len(text) and text[start] not in self.chars:
+            return start + 1
+        return start
+
+    def token_start(self, text: str, stretch: int, hinted: bool, memo: Memo | None = None) -> int | None:
+        """Where a match of this token pattern still growing at the end could start; None: nowhere.
+        `stretch`: how many characters at the end are in the pattern's alphabet (more than 0); `hinted`:
+        the pattern's hint occurs somewhere in `text` (the RE2 pass says). `memo`: what the same question
+        found at the stream's earlier ends, so the search starts where a match still could."""
+        end = len(text)
+        window = min(stretch, self.reach)
+        if self.hint is not None and not (hinted and self.hint.search(text, end - window)):
+            # No hint yet: only what can come before it in a match, its last characters, can start one.
+            tail = text[-self.unhinted_reach:]
+            return end - (len(tail) - len(tail.rstrip(self.lead)))
+        lower = max(0, end - window - 1)  # - 1: the boundary character before it
+        if memo is None:
+            return self.releasable(text, self.alive_from(text, lower))
+        return self.releasable(text, memo.search(self, text, lower))
+
+    @property
+    def unhinted_reach(self) -> int:
+        return min(self.hint_tail, self.reach)
+
+    def covers(self, other: "Growing") -> bool:
+        """While neither pattern's hint occurs, this one holds back at least as much as `other` does."""
+        return (self.hint is not None and other.hint is not None and set(other.lead) <= set(self.lead)
+                and other.unhinted_reach <= self.unhinted_reach)
+
+    def keyword_start(self, text: str) -> int | None:
+        """The leftmost trigger within reach from which a match is still possible; None: none is."""
+        for m in self.pattern.compiled_trigger().finditer(text, max(0, len(text) - self.reach)):
+            start = m.start() if self.open_ended else self.releasable(text, self.alive_from(text, m.start()))
+            if start is not None:
+                return start
+        return None
+
+
+class Memo:
+    """One stream's earlier answers of `Growing.alive_from`, in positions of the whole output, so that the
+    next search starts late: a match still growing now was one at every earlier end too (a prefix of a
+    prefix of a match is one), so it starts at or after the earlier answer, or, when there was none, at the
+    earlier end (less the boundary character). Each character is then searched a bounded number of times."""
+
+    def __init__(self) -> None:
+        self.offset = 0  # where `text` starts in the whole output
+        self._found: dict[Growing, tuple[int | None, int]] = {}  # (start or None, at which end)
+
+    def search(self, growing: Growing, text: str, lower: int) -> int | None:
+        earlier = self._found.get(growing)
+        if earlier is not None:
+            start, end = earlier
+            lower = max(lower, (end - 1 if start is None else start) - self.offset)
+        found = growing.alive_from(text, lower)
+        self._found[growing] = (None if found is None else found + self.offset, len(text) + self.offset)
+        return found
 
 
 class HoldBack:
     """Where the pending text must be held back, for one set of patterns. Built once per policy: `look`
-    and `start` run on every chunk of every stream, so what they need per pattern kind is prepared here."""
+    and `start` run on every chunk of every stream, so what they need per pattern is prepared here."""
 
     def __init__(self, patterns) -> None:
         from llmprod.guardrails.detectors import re2_set, set_regex
 
         patterns = list(patterns)
-        self.tokens = [(min(p.max_len, MAX_TOKEN_RUN), re.compile(p.hint) if p.hint else None, p.hint_tail)
-                       for p in patterns if p.stream == "token"]
-        self.token_reach = max((limit for limit, _, _ in self.tokens), default=0)
-        # For a trailing run no longer than every token pattern (a word, mostly), one search decides for all.
-        self.shortest_token = min((limit for limit, _, _ in self.tokens), default=0)
-        self.unhinted = any(hint is None for _, hint, _ in self.tokens)
-        hints = sorted({hint.pattern for _, hint, _ in self.tokens if hint is not None})
-        self.any_hint = re.compile("|".join(f"(?:{h})" for h in hints)) if hints else None
-        self.hint_tail = max((tail for _, hint, tail in self.tokens if hint is not None), default=0)
+        self.tokens = [Growing(p) for p in patterns if p.stream == "token"]
+        self.keywords = [Growing(p) for p in patterns if p.stream == "keyword"]
         self.window = max((p.max_len for p in patterns if p.stream == "window"), default=0)
-        self.keywords = [p for p in patterns if p.stream == "keyword"]
-        # One RE2 pass answers all three questions of `Look`: the patterns themselves (the prefilter's
-        # set), then the keyword triggers, then the hints. One call instead of three per chunk.
-        self._ids = [id(p) for p in patterns]
-        regexes = [set_regex(p) for p in patterns] + [f"(?i){p.trigger}" for p in self.keywords]
-        self._hint_index = len(regexes) if self.any_hint is not None else -1
-        if self.any_hint is not None:
-            regexes.append(self.any_hint.pattern)
+        # Without their hints, most token patterns hold back less than another one does (a GitHub token's
+        # characters are an e-mail's too, and it looks back less far): those need no look of their own.
+        self._covered = {i: [j for j, other in enumerate(self.tokens) if j != i and other.covers(growing)
+                             and (not growing.covers(other) or j < i)]
+                         for i, growing in enumerate(self.tokens)}
+        self._plans: dict[frozenset[int], list[tuple[Growing, bool]]] = {}
+        # One RE2 pass answers the questions of `Look`: which keyword triggers, which token patterns' hints
+        # and `needs`, and which window patterns occur. A token pattern cannot match without what it needs
+        # (its hint by default), nor a keyword one without its trigger, so that is the prefilter too. (A set
+        # of the whole patterns would say more precisely which match, but their counted repetitions, {0,63}
+        # and {16,200}, make RE2's DFA build new states at every character of a long alphanumeric run: ten
+        # times slower there.)
+        regexes = [f"(?i){g.pattern.trigger}" for g in self.keywords]
+        self._first_hint = len(regexes)
+        self._hinted = [i for i, g in enumerate(self.tokens) if g.hint is not None]
+        regexes += [self.tokens[i].hint.pattern for i in self._hinted]
+        self._first_need = len(regexes)
+        self._needy = [i for i, g in enumerate(self.tokens) if g.pattern.needs]
+        regexes += [self.tokens[i].pattern.needs for i in self._needy]
+        self._first_window = len(regexes)
+        windows = [p for p in patterns if p.stream == "window"]
+        regexes += [set_regex(p) for p in windows]
+        self._window_ids = [id(p) for p in windows]
+        self._always = {id(g.pattern) for g in self.tokens if g.hint is None and not g.pattern.needs}
         self._presence = re2_set(regexes) if regexes else None
 
     def look(self, text: str) -> Look:
         hits = (self._presence.Match(text) or ()) if self._presence is not None else ()
-        # RE2's \d is ASCII, re's is not: for other text the hint searches run as they are.
-        candidates, triggers, hint = set(), [], not text.isascii()
-        first_trigger = len(self._ids)
+        candidates, triggers, hints = set(self._always), [], set()
         for i in hits:
-            if i < first_trigger:
-                candidates.add(self._ids[i])
-            elif i == self._hint_index:
-                hint = True
+            if i < self._first_hint:
+                triggers.append(i)
+                candidates.add(id(self.keywords[i].pattern))
+            elif i < self._first_need:
+                token = self._hinted[i - self._first_hint]
+                hints.add(token)
+                if not self.tokens[token].pattern.needs:
+                    candidates.add(id(self.tokens[token].pattern))
+            elif i < self._first_window:
+                candidates.add(id(self.tokens[self._needy[i - self._first_need]].pattern))
             else:
-                triggers.append(i - first_trigger)
-        return Look(candidates, triggers, hint)
+                candidates.add(self._window_ids[i - self._first_window])
+        return Look(candidates, triggers, hints)
 
-    def start(self, text: str, floor: int, look: Look | None = None) -> int:
-        """Index in `text` (left context + pending) from which characters must be held; at least `floor`."""
-        if look is None:
-            look = self.look(text)
-        end = hold = len(text)
-        if self.tokens:
-            # The trailing run, walked once; a pattern of max length L holds at most its last L characters.
-            run = _tail_run_start(text, self.token_reach)
-            if run == end:
-                pass  # the text ends in a break: no match can still grow
-            elif end - run <= self.shortest_token and (
-                    self.unhinted or (look.hint and self.any_hint.search(text, run))):
-                hold = run  # the whole run, for some pattern
-            elif end - run <= self.shortest_token:
-                hold = max(run, end - self.hint_tail)  # no hint in the run: the longest hint tail
-            else:
-                for limit, hint, hint_tail in self.tokens:
-                    start = max(run, end - limit)
-                    if hint is not None and (not look.hint or hint.search(text, start) is None):
-                        # Nothing in the run can start a match yet: only its last characters might.
-                        start = max(start, end - hint_tail)
-                    hold = min(hold, start)
+    def start(self, text: str, floor: int, look: Look | None = None, memo: Memo | None = None) -> int:
+        """Index in `text` (left context + pending) from which characters must be held; at least `floor`.
+        `memo`: the stream's, with its offset set to where `text` starts in the output."""
+        norm = None if text.isascii() else normalize(text)
+        if norm is not None and norm.index is not None:
+            # Matching runs on the normalised text (fullwidth digits are digits there): decide there, then
+            # map back. Normalisation works character by character, so positions map one way.
+            held = self._start(norm.text, self.look(norm.text), None)
+            original = len(text) if held >= len(norm.text) else norm.index[held]
+            return max(original, floor)
+        return max(self._start(text, look or self.look(text), memo), floor)
+
+    def _start(self, text: str, look: Look, memo: Memo | None) -> int:
+        hold = end = len(text)
+        stretches: dict[str, int] = {}  # alphabet → its trailing stretch (patterns share alphabets)
+        for growing, hinted in self._plan(look.hints):
+            stretch = stretches.get(growing.chars)
+            if stretch is None:
+                stretch = stretches[growing.chars] = end - len(text.rstrip(growing.chars))
+            if stretch == 0:
+                continue  # the text ends in a character no match of it contains
+            start = growing.token_start(text, stretch, hinted, memo)
+            if start is not None and start < hold:
+                hold = start
+        for i in look.triggers:
+            start = self.keywords[i].keyword_start(text)
+            if start is not None and start < hold:
+                hold = start
         if self.window:
             hold = min(hold, end - self.window + 1)
-        # Keyword patterns hold from their last trigger within their reach.
-        for pattern in (self.keywords[i] for i in look.triggers):
-            last = None
-            for m in pattern.compiled_trigger().finditer(text, max(0, end - pattern.max_len)):
-                last = m.start()
-            if last is not None:
-                hold = min(hold, last)
-        return max(hold, floor)
+        return max(hold, 0)
+
+    def _plan(self, hints: set[int]) -> list[tuple[Growing, bool]]:
+        """The token patterns to look at, given whose hints occur: one whose hint does not occur is skipped
+        when another one, without its hint either, holds back at least as much. A few plans per policy."""
+        key = frozenset(hints)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = [
+                (growing, i in hints) for i, growing in enumerate(self.tokens)
+                if i in hints or not any(j not in hints for j in self._covered[i])]
+        return plan
 
 
 class OutputScanner:
@@ -150,6 +249,8 @@ class OutputScanner:
         self.holdback = holdback
         self.pending = ""
         self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
+        self.released = 0  # characters of the output (as generated) no longer pending
+        self.memo = Memo()
         self.received_parts: list[str] = []
         self.tokens = 0
         self.tokens_at_last_model_check = 0
@@ -198,13 +299,15 @@ class OutputScanner:
         started = time.perf_counter()
         look = self.holdback.look(text)
         self.timings["prefilter"] = self.timings.get("prefilter", 0.0) + time.perf_counter() - started
-        # Normalisation leaves ASCII text as it is, so the look's candidates are the prefilter's answer.
+        # Normalisation leaves ASCII text as it is, so the look's candidates hold for the patterns' text.
         findings = self.guard.scan_with(text, "output", self.checks, self.timings,
                                         candidates=look.candidates if text.isascii() else None)
-        boundary = len(text) if final else self.holdback.start(text, ctx, look)
+        self.memo.offset = self.released - ctx
+        boundary = len(text) if final else self.holdback.start(text, ctx, look, self.memo)
         if not findings:  # the usual case
             self.left = text[max(0, boundary - LEFT_CONTEXT):boundary]
             self.pending = text[boundary:]
+            self.released += boundary - ctx
             return StreamStep(text[ctx:boundary])
         # Findings over the left context plus the pending text; those wholly in the context were dealt
         # with before, those reaching into the pending text are clipped to it.
@@ -225,6 +328,7 @@ class OutputScanner:
         self._count(released)
         self.left = text[:boundary][-LEFT_CONTEXT:]
         self.pending = text[boundary:]
+        self.released += boundary - ctx
         return StreamStep(emit)
 
     def close(self) -> None:

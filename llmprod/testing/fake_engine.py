@@ -29,12 +29,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from llmprod.testing import texts
+
 WORDS = ("the ", "model ", "writes ", "plain ", "prose ", "about ", "serving ", "and ", "latency ", "of ",
          "tokens ", "with ", "no ", "numbers ", "in ", "it ")
 
 
-def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool = False) -> Starlette:
+def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool = False,
+             text: str | None = None) -> Starlette:
+    """`text`: a kind of llmprod.testing.texts (prose, runs, code, json, base64) for the default answer;
+    `words`: plain words without digits; else "t0 t1 ..."."""
     stats = {"generations": 0, "cancelled": 0, "completed": 0, "last_body": None}
+    text_kind = text
 
     def instruction(body: dict, chat: bool) -> str:
         if chat:
@@ -64,7 +70,10 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
             pieces = text[7:].split("|")
         else:
             n = min(tokens, int(body.get("max_tokens") or tokens))
-            pieces = [WORDS[i % len(WORDS)] if words else f"t{i} " for i in range(n)]
+            if text_kind is not None:
+                pieces = texts.tokens(text_kind, n, seed=stats["generations"])
+            else:
+                pieces = [WORDS[i % len(WORDS)] if words else f"t{i} " for i in range(n)]
         usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(pieces),
                  "total_tokens": len(text.split()) + len(pieces)}
         if not body.get("stream"):
@@ -141,6 +150,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--itl", type=float, default=0.0)
     parser.add_argument("--words", action="store_true", help="stream plain words instead of t0 t1 ...")
+    parser.add_argument("--text", choices=texts.KINDS, help="stream generated text of this kind")
     parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child in the same group")
     parser.add_argument("--child-pid-file", default=None)
     args, _unknown = parser.parse_known_args(argv)
@@ -152,7 +162,7 @@ def main() -> None:
                 fh.write(str(child.pid))
     import uvicorn
 
-    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model, args.words), host=args.host,
+    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model, args.words, args.text), host=args.host,
                 port=args.port, log_level="warning")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import replace
@@ -270,3 +271,32 @@ def test_an_unexpected_exception_is_a_json_500_logged_by_request_id_without_the_
     assert "4111" not in logged and "card" not in logged
     metrics = httpx.get(f"{url}/metrics").text
     assert 'llmprod_requests_total{route="chat",status="500"} 1.0' in metrics
+
+
+@pytest.fixture(scope="module")
+def fast_engine():
+    with ThreadServer(make_app(itl=0.0)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("kind", ["prose", "runs", "code", "json"])
+def test_planted_pii_and_secrets_never_reach_the_client_however_the_engine_cuts_them(fast_engine, start_gateway,
+                                                                                     kind):
+    import random
+
+    from llmprod.testing import planted
+
+    redact_all = Policy("redact-all", "test", output=[CheckConfig("pii", "redact", "output", {}, 1),
+                                                      CheckConfig("secrets", "redact", "output", {}, 2)])
+    url, gateway = start_gateway(fast_engine.url, policy=redact_all, models={MODEL: "fake"})
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    rng = random.Random(kind)
+    for _ in range(12):
+        text, values = planted.document(rng, kind)
+        script = [{"role": "system", "content": "chunks:" + "|".join(planted.cut(rng, text))},
+                  {"role": "user", "content": "go on"}]
+        stream = client.chat.completions.create(model=MODEL, messages=script, stream=True)
+        received = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert not any(value in received for value in values), (text, received)
+        # exactly what checking the whole answer at once gives
+        assert received == asyncio.run(gateway.guard.check_output(text, "go on")).texts[0]
