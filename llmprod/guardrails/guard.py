@@ -173,7 +173,8 @@ class PolicyGuard:
         """The output scanners' hold-back plan, built at the first stream and shared by all."""
         from llmprod.guardrails.stream import HoldBack
 
-        return HoldBack(self.patterns("output"))
+        acting = {id(p) for c in self.deterministic("output") if c.config.action != "flag" for p in c.detector.patterns}
+        return HoldBack(self.patterns("output"), [p for p in self.patterns("output") if id(p) not in acting])
 
     def output_stream(self, context: str):
         from llmprod.guardrails.stream import OutputScanner

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import replace
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from llmprod.guardrails.normalize import normalize
 from llmprod.guardrails.redaction import redact
@@ -144,13 +144,19 @@ class HoldBack:
     """Where the pending text must be held back, for one set of patterns. Built once per policy: `look`
     and `start` run on every chunk of every stream, so what they need per pattern is prepared here."""
 
-    def __init__(self, patterns) -> None:
+    def __init__(self, patterns, flag_only: Sequence = ()) -> None:
+        """`flag_only`: patterns whose findings are only counted (action flag): they change no text, so they
+        hold nothing back; the RE2 pass still looks for them, and the left context is long enough for them."""
         from llmprod.guardrails.detectors import re2_set, set_regex
 
         patterns = list(patterns)
+        counted = {id(p) for p in flag_only}
         self.tokens = [Growing(p) for p in patterns if p.stream == "token"]
         self.keywords = [Growing(p) for p in patterns if p.stream == "keyword"]
-        self.window = max((p.max_len for p in patterns if p.stream == "window"), default=0)
+        self.window = max((p.max_len for p in patterns if p.stream == "window" and id(p) not in counted), default=0)
+        self.left_context = max([LEFT_CONTEXT, *(p.max_len for p in patterns if id(p) in counted)])
+        self._holding_tokens = {i for i, g in enumerate(self.tokens) if id(g.pattern) not in counted}
+        self._holding_keywords = {i for i, g in enumerate(self.keywords) if id(g.pattern) not in counted}
         # Without their hints, most token patterns hold back less than another one does (a GitHub token's
         # characters are an e-mail's too, and it looks back less far): those need no look of their own.
         self._covered = {i: [j for j, other in enumerate(self.tokens) if j != i and other.covers(growing)
@@ -220,6 +226,8 @@ class HoldBack:
             if start is not None and start < hold:
                 hold = start
         for i in look.triggers:
+            if i not in self._holding_keywords:
+                continue
             start = self.keywords[i].keyword_start(text)
             if start is not None and start < hold:
                 hold = start
@@ -234,8 +242,8 @@ class HoldBack:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = [
-                (growing, i in hints) for i, growing in enumerate(self.tokens)
-                if i in hints or not any(j not in hints for j in self._covered[i])]
+                (growing, i in hints) for i, growing in enumerate(self.tokens) if i in self._holding_tokens
+                and (i in hints or not any(j not in hints and j in self._holding_tokens for j in self._covered[i]))]
         return plan
 
 
@@ -248,7 +256,7 @@ class OutputScanner:
         self.every_tokens = min((getattr(c, "every_tokens", EVERY_TOKENS) for c in self.model_checks), default=0)
         self.holdback = holdback
         self.pending = ""
-        self.left = ""  # the last LEFT_CONTEXT released characters (as generated)
+        self.left = ""  # the last released characters (as generated), holdback.left_context of them
         self.released = 0  # characters of the output (as generated) no longer pending
         self.memo = Memo()
         self.received_parts: list[str] = []
@@ -305,7 +313,7 @@ class OutputScanner:
         self.memo.offset = self.released - ctx
         boundary = len(text) if final else self.holdback.start(text, ctx, look, self.memo)
         if not findings:  # the usual case
-            self.left = text[max(0, boundary - LEFT_CONTEXT):boundary]
+            self.left = text[max(0, boundary - self.holdback.left_context):boundary]
             self.pending = text[boundary:]
             self.released += boundary - ctx
             return StreamStep(text[ctx:boundary])
@@ -321,12 +329,12 @@ class OutputScanner:
             self._count(findings)
             return StreamStep(emit, blocked=True, categories=tuple(sorted({f.category for f in block})))
         for f in sorted(findings, key=lambda f: f.start):
-            if f.start < boundary < f.end:
+            if f.start < boundary < f.end and f.action != "flag":  # a flag changes no text: nothing to hold
                 boundary = f.start
         released = [f for f in findings if f.end <= boundary]
         emit = self._redacted(text[ctx:boundary], released, ctx)
         self._count(released)
-        self.left = text[:boundary][-LEFT_CONTEXT:]
+        self.left = text[:boundary][-self.holdback.left_context:]
         self.pending = text[boundary:]
         self.released += boundary - ctx
         return StreamStep(emit)
