@@ -67,9 +67,12 @@ def spawn(args: list[str], cores: set[int] | None, **kwargs) -> subprocess.Popen
     return proc
 
 
-def bench(url: str, levels: str, duration: float, output_tokens: int, cores: set[int] | None) -> dict:
-    args = [sys.executable, "-m", "llmprod", "bench", url, "--model", "fake", "--concurrency", levels,
+def bench(url: str, levels: str, duration: float, output_tokens: int, cores: set[int] | None,
+          model: str = "fake") -> dict:
+    args = [sys.executable, "-m", "llmprod", "bench", url, "--model", model, "--concurrency", levels,
             "--input-tokens", "64", "--output-tokens", str(output_tokens), "--duration", str(duration), "--json"]
+    if model != "fake":
+        args.append("--ignore-eos")  # a real engine: every request the same length
     proc = spawn(args, cores, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     if proc.returncode:
@@ -90,6 +93,9 @@ def main() -> int:
                              "and work depend on it")
     parser.add_argument("--itl", type=float, default=0.0,
                         help="seconds the engine waits between tokens of a stream (0: as fast as it can)")
+    parser.add_argument("--upstream", help="a running engine to measure instead of the fake one (e.g. vLLM); "
+                                           "its CPU is not read")
+    parser.add_argument("--model", default="fake", help="the model name the --upstream engine serves")
     parser.add_argument("--isolate", action="store_true",
                         help="a core of its own for the engine, the client and each gateway (needs 4 cores)")
     args = parser.parse_args()
@@ -105,10 +111,14 @@ def main() -> int:
 
     procs = []
     try:
-        engine_port = free_port()
-        procs.append(spawn([sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(engine_port),
-                            "--tokens", "4096", "--text", args.text, "--itl", str(args.itl)], placement.get("engine")))
-        engine = f"http://127.0.0.1:{engine_port}"
+        if args.upstream:
+            engine = args.upstream.rstrip("/").removesuffix("/v1")
+        else:
+            engine_port = free_port()
+            procs.append(spawn([sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(engine_port),
+                                "--tokens", "4096", "--text", args.text, "--itl", str(args.itl)],
+                               placement.get("engine")))
+            engine = f"http://127.0.0.1:{engine_port}"
         wait_ready(f"{engine}/health")
         targets = {"direct": engine}
         pids = {"direct": None}
@@ -128,9 +138,10 @@ def main() -> int:
                 # apart, and drift hits all alike.
                 order = list(targets.items())
                 for name, url in order if round_ % 2 == 0 else order[::-1]:
-                    watched = {"engine": procs[0].pid, "gateway": pids[name]}
+                    watched = {"engine": None if args.upstream else procs[0].pid, "gateway": pids[name]}
                     before = {part: cpu_seconds(pid) for part, pid in watched.items() if pid}
-                    result = bench(url, str(level), args.duration, args.output_tokens, placement.get("client"))[level]
+                    result = bench(url, str(level), args.duration, args.output_tokens, placement.get("client"),
+                                   args.model)[level]
                     runs[name][level].append(result)
                     for part, start in before.items():
                         cpu[name][part] += cpu_seconds(watched[part]) - start
@@ -189,7 +200,8 @@ def main() -> int:
     result = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "cores": {role: sorted(c) for role, c in placement.items()} or "shared",
               "rounds": args.rounds, "seconds_per_level": args.duration, "output_tokens": args.output_tokens,
-              "text": args.text, "engine_itl_s": args.itl,
+              "text": "what the model writes" if args.upstream else args.text, "engine_itl_s": args.itl,
+              "upstream": args.upstream, "model": args.model,
               "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table,
               "cpu_us_per_output_token": cpu_us_per_token, "per_round": per_round}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,11 @@ def _write_atomically(dest: Path, write) -> dict:
         raise
 
 
-def build_tiny_llama_guard(dest: str | os.PathLike, seed: int = 0) -> dict:
+def build_tiny_llama_guard(dest: str | os.PathLike, seed: int = 0, config_json: str | os.PathLike | None = None,
+                           dtype: str = "float32") -> dict:
     """A Llama-architecture causal LM whose tokenizer has Llama 3's special tokens and "safe"/"unsafe" as
-    single tokens, so it takes Meta's Llama Guard 3 prompt unchanged."""
+    single tokens, so it takes Meta's Llama Guard 3 prompt unchanged. `config_json`: a real model's shapes
+    (Llama-3.2-1B's for a Llama Guard 3 1B, to measure what one costs), built on the GPU when there is one."""
     import torch
 
     from llmprod.tinymodel import RANDOM, _init_model, _train_tokenizer, _write_generation_config, corpus_split
@@ -46,13 +48,23 @@ def build_tiny_llama_guard(dest: str | os.PathLike, seed: int = 0) -> dict:
         tokenizer = _train_tokenizer(corpus_split()[0], RANDOM)
         tokenizer.add_tokens(VERDICT_TOKENS)
         torch.manual_seed(seed)
-        model = _init_model(RANDOM, tokenizer)
+        if config_json is None:
+            model = _init_model(RANDOM, tokenizer)
+        else:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            raw = {k: v for k, v in json.loads(Path(config_json).read_text()).items() if not k.startswith("_")}
+            (tmp / "config.json").write_text(json.dumps(raw))
+            config = AutoConfig.from_pretrained(tmp)
+            with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+                model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
         _make_verdicts_likely(model, tokenizer)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _write_generation_config(model, tmp)
         return {"kind": "llama-guard", "parameters": sum(p.numel() for p in model.parameters()),
-                "weights": "random", "verdict_tokens": {t: tokenizer.convert_tokens_to_ids(t) for t in VERDICT_TOKENS}}
+                "shapes": str(config_json or "tiny"), "weights": "random",
+                "verdict_tokens": {t: tokenizer.convert_tokens_to_ids(t) for t in VERDICT_TOKENS}}
 
     return _write_atomically(dest, write)
 
@@ -60,22 +72,30 @@ def build_tiny_llama_guard(dest: str | os.PathLike, seed: int = 0) -> dict:
 def _make_verdicts_likely(model, tokenizer) -> None:
     """Raise the "safe" and "unsafe" rows of the output head so that, right after a Llama Guard prompt, they are
     the two likeliest first tokens (as in a real guard): P("unsafe") is then a few tenths, varies from text to
-    text, and is among the top logprobs a server returns. Random weights elsewhere, so the verdicts mean nothing."""
+    text by more than bfloat16's rounding (vLLM serves it in bfloat16), and is among the top logprobs a server
+    returns. Random weights elsewhere, so the verdicts mean nothing."""
     import torch
 
     from llmprod.guardrails.checks.llama_guard import ANSWER_PREFIX, FORMATS, build_llama_guard_prompt
 
     fmt = FORMATS["llama-guard-3-8b"]
     prompts = [build_llama_guard_prompt(fmt, text) + ANSWER_PREFIX for text in ("hello", "how do I bake bread?")]
+    device = model.lm_head.weight.device
     with torch.no_grad():
-        hidden = torch.stack([
-            model.model(input_ids=tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids)
-            .last_hidden_state[0, -1] for p in prompts]).mean(0)
+        states = torch.stack([
+            model.model(input_ids=tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids.to(device))
+            .last_hidden_state[0, -1].float() for p in prompts])
+        hidden, apart = states.mean(0), states[0] - states[1]
         head = model.lm_head.weight
-        top = float((head @ hidden).max())
-        for token, above in (("unsafe", 6.0), ("safe", 6.5)):
-            row = head[tokenizer.convert_tokens_to_ids(token)]
+        top = float((head.float() @ hidden).max())
+        for token, above, spread in (("unsafe", 6.0, 2.0), ("safe", 6.5, 0.0)):
+            index = tokenizer.convert_tokens_to_ids(token)
+            row = head[index].float()
             row += (top + above - row @ hidden) * hidden / (hidden @ hidden)
+            # and "unsafe" varies with what the hidden state says about the text (a spread of about one
+            # logit between the two reference texts), so that texts get visibly different scores
+            row += spread * apart / (apart @ apart)
+            head[index] = row.to(head.dtype)
 
 
 def build_tiny_prompt_guard(dest: str | os.PathLike, seed: int = 0) -> dict:
