@@ -65,6 +65,7 @@ class Growing:
         self.lead = pattern.chars if pattern.lead is None else pattern.lead
         self.hint = re.compile(pattern.hint, re.ASCII) if pattern.hint else None
         self.hint_tail = pattern.hint_tail
+        self.unhinted_reach = min(self.hint_tail, self.reach)  # how far back a match without its hint starts
         body = pattern.regex.removeprefix("(?i)")
         flags = regex.ASCII | regex.V0 | (regex.IGNORECASE if pattern.case_insensitive or body != pattern.regex
                                           else 0)
@@ -102,9 +103,6 @@ class Growing:
             return self.releasable(text, self.alive_from(text, lower))
         return self.releasable(text, memo.search(self, text, lower))
 
-    @property
-    def unhinted_reach(self) -> int:
-        return min(self.hint_tail, self.reach)
 
     def covers(self, other: "Growing") -> bool:
         """While neither pattern's hint occurs, this one holds back at least as much as `other` does."""
@@ -217,6 +215,14 @@ class HoldBack:
         hold = end = len(text)
         stretches: dict[str, int] = {}  # alphabet → its trailing stretch (patterns share alphabets)
         for growing, hinted in self._plan(look.hints):
+            if not hinted and growing.hint is not None:
+                # Its hint occurs nowhere: only what can come before it, at most its last characters (the
+                # usual case, and the one path every chunk of prose takes, so it is spelled out here).
+                tail = text[-growing.unhinted_reach:]
+                held = len(tail) - len(tail.rstrip(growing.lead))
+                if held and end - held < hold:
+                    hold = end - held
+                continue
             stretch = stretches.get(growing.chars)
             if stretch is None:
                 stretch = stretches[growing.chars] = end - len(text.rstrip(growing.chars))
