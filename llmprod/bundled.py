@@ -1,15 +1,21 @@
-"""Files shipped in recipes/ (quantization recipes, guardrail policies), found by path or by name."""
+"""Data shipped inside the package (quantization recipes, guardrail policies), found by path or by name.
+
+They live in `llmprod/recipes/` and are read through `importlib.resources`, so a wheel install finds them
+as a checkout does.
+"""
 
 from __future__ import annotations
 
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from llmprod.errors import ConfigError, NotFoundError
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES: Traversable = files("llmprod") / "recipes"
 
 
-def find_bundled(name_or_path: str | Path, folder: Path, what: str) -> Path:
+def find_bundled(name_or_path: str | Path, folder: Traversable, what: str) -> Path | Traversable:
     """A file path, or the name of a bundled file (`default` for FOLDER/default.yaml)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -17,11 +23,15 @@ def find_bundled(name_or_path: str | Path, folder: Path, what: str) -> Path:
     bundled = folder / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-    raise NotFoundError(f"no {what} {name_or_path}", hint=f"give a path, or a bundled {what}: {names}")
+    raise NotFoundError(f"no {what} {name_or_path}", hint=f"give a path, or a bundled {what}: {', '.join(names(folder))}")
 
 
-def yaml_error(path: Path, exc: Exception) -> ConfigError:
+def names(folder: Traversable) -> list[str]:
+    """The bundled files' names (without .yaml), sorted."""
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def yaml_error(path, exc: Exception) -> ConfigError:
     """A YAML syntax error as one line naming the file and the line."""
     mark = getattr(exc, "problem_mark", None)
     where = f" line {mark.line + 1}" if mark else ""

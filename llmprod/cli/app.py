@@ -28,14 +28,12 @@ app = typer.Typer(
 )
 
 
-app.command("quantize", epilog=quantize.EXAMPLE, context_settings=quantize.CONTEXT)(quantize.quantize)
-app.command("perplexity", epilog=perplexity.EXAMPLE, context_settings=perplexity.CONTEXT)(perplexity.perplexity)
-app.command("estimate-memory", epilog=estimate_memory.EXAMPLE, context_settings=estimate_memory.CONTEXT)(
-    estimate_memory.estimate_memory
-)
+app.command("quantize", epilog=quantize.EXAMPLE)(quantize.quantize)
+app.command("perplexity", epilog=perplexity.EXAMPLE)(perplexity.perplexity)
+app.command("estimate-memory", epilog=estimate_memory.EXAMPLE)(estimate_memory.estimate_memory)
 app.command("serve", epilog=serve.EXAMPLE, context_settings=serve.CONTEXT)(serve.serve)
 app.add_typer(guardrails.app, name="guardrails")
-app.command("bench", epilog=bench.EXAMPLE, context_settings=bench.CONTEXT)(bench.bench)
+app.command("bench", epilog=bench.EXAMPLE)(bench.bench)
 app.command("tiny-model", epilog=tiny_model.EXAMPLE)(tiny_model.tiny_model)
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import JsonOpt
+from llmprod.cli.options import ApiKeyOpt, JsonOpt, SeedOpt
 
 EXAMPLE = ("Example: [bold]llmprod bench http://127.0.0.1:8000 --model llama-awq --concurrency 1,8,32 "
            "--plot bench.png[/bold]")
-CONTEXT: dict = {}
 
 
 class Endpoint(str, Enum):
@@ -31,11 +29,11 @@ def bench(
     output_tokens: Annotated[int, typer.Option("--output-tokens", help="max_tokens of each request.")] = 128,
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Prompts: .txt (one per line) or .jsonl (prompt/text/messages).")] = None,
     endpoint: Annotated[Endpoint, typer.Option("--endpoint", help="chat or completions.")] = Endpoint.chat,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", help="Bearer key (or LLMPROD_API_KEY).")] = None,
+    api_key: ApiKeyOpt = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the TTFT / tokens-per-second plot (PNG).")] = None,
     goodput: Annotated[Optional[str], typer.Option("--goodput", help="SLOs for goodput, e.g. ttft:500,tpot:50 (ms).")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Ask vLLM to always generate --output-tokens.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic prompts.")] = 0,
+    seed: SeedOpt = 0,
     json_output: JsonOpt = False,
 ) -> None:
     """Load-test an OpenAI-compatible server: TTFT and tokens/s against concurrency, with a plot."""
@@ -46,6 +44,6 @@ def bench(
 
         options = BenchOptions(url=url, model=model, concurrency=concurrency, requests=requests, duration=duration,
                                input_tokens=input_tokens, output_tokens=output_tokens, dataset=dataset,
-                               endpoint=endpoint.value, api_key=api_key or os.environ.get("LLMPROD_API_KEY"),
+                               endpoint=endpoint.value, api_key=api_key,
                                plot=plot, goodput=goodput, ignore_eos=ignore_eos, seed=seed)
         run(options, out)

@@ -10,7 +10,6 @@ from llmprod.cli.options import JsonOpt
 
 EXAMPLE = ("Example: [bold]llmprod estimate-memory meta-llama/Llama-3.1-8B-Instruct --weights w4a16 --gpu L4 "
            "--context 8192[/bold]")
-CONTEXT: dict = {}
 
 
 def estimate_memory(

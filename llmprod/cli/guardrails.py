@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from llmprod.cli.options import JsonOpt
+from llmprod.cli.options import JsonOpt, PolicyOpt
 
 app = typer.Typer(
     help="Guardrail policies: deterministic and model-based checks on inputs and outputs.",
     no_args_is_help=True,
 )
 
-EXAMPLE = "Example: [bold]llmprod guardrails scan prompts.jsonl --policy recipes/guardrails/default.yaml[/bold]"
+EXAMPLE = "Example: [bold]llmprod guardrails scan prompts.jsonl --policy sandwich --stage input[/bold]"
 
 
 class Stage(str, Enum):
@@ -26,8 +26,7 @@ class Stage(str, Enum):
 def scan(
     file: Annotated[str, typer.Argument(help=".txt (one text per line), .jsonl (a `text` field), or - for stdin "
                                              "(one text per line).", show_default=False)],
-    policy: Annotated[str, typer.Option("--policy", help="Policy file or bundled name (default, sandwich, "
-                                        "pii-redact).")] = "default",
+    policy: PolicyOpt = "default",
     stage: Annotated[Stage, typer.Option("--stage", help="Apply the policy's input or output checks.")] = Stage.input,
     json_output: JsonOpt = False,
 ) -> None:

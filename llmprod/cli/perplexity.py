@@ -13,7 +13,6 @@ from llmprod.errors import CheckFailed, InputError
 
 EXAMPLE = ("Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct "
            "--max-increase 0.05[/bold]")
-CONTEXT: dict = {}
 
 
 def perplexity(

@@ -8,11 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, SeedOpt, VerboseOpt
+from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, RecipeOpt, SeedOpt, VerboseOpt
 from llmprod.cli.runner import command_output
 
 EXAMPLE = "Example: [bold]llmprod quantize meta-llama/Llama-3.2-1B-Instruct --method awq --output llama-awq[/bold]"
-CONTEXT: dict = {}
 
 
 class Method(str, Enum):
@@ -36,7 +35,7 @@ def quantize(
         typer.Option("--symmetric/--asymmetric", help="Zero points or not. Default: GPTQ symmetric, AWQ asymmetric."),
     ] = None,
     format: Annotated[Format, typer.Option("--format", help="compressed-tensors (llm-compressor) or awq (AutoAWQ GEMM).")] = Format.compressed_tensors,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="A recipe YAML, or a bundled name such as gptq-w4a16.")] = None,
+    recipe: RecipeOpt = None,
     dataset: Annotated[str, typer.Option("--dataset", help="pile-val, wikitext2, c4, ultrachat, or a .txt/.jsonl/.parquet file.")] = "pile-val",
     num_samples: Annotated[int, typer.Option("--num-samples", help="Calibration samples.")] = 256,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration sample.")] = 2048,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import JsonOpt
+from llmprod.bundled import RECIPES, names
+from llmprod.cli.options import ApiKeyOpt, JsonOpt
 
-EXAMPLE = ("Example: [bold]llmprod serve ./llama-gptq --guardrails recipes/guardrails/default.yaml --port 8000 "
+EXAMPLE = ("Example: [bold]llmprod serve ./llama-gptq --guardrails sandwich --port 8000 "
            "-- --enable-prefix-caching[/bold]")
 # Arguments after `--` go to the engine unchanged.
 CONTEXT = {"allow_extra_args": True}
@@ -33,10 +33,11 @@ def serve(
                                                     "already running; start none.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address the gateway binds (loopback unless you say so).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Gateway port.")] = 8000,
-    guardrails: Annotated[Optional[str], typer.Option("--guardrails", help="Policy file or bundled policy name "
-                                                      "(default: recipes/guardrails/default.yaml).")] = None,
+    guardrails: Annotated[Optional[str], typer.Option("--guardrails", help="A guardrail policy YAML, or a bundled "
+                                                      f"one: {', '.join(names(RECIPES / 'guardrails'))} (default: "
+                                                      "default).")] = None,
     no_guardrails: Annotated[bool, typer.Option("--no-guardrails", help="Check nothing.")] = False,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", help="Bearer key clients must send (or LLMPROD_API_KEY).")] = None,
+    api_key: ApiKeyOpt = None,
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="Requests in flight before 429.")] = 256,
     max_body_size: Annotated[str, typer.Option("--max-body-size", help="Largest request body, e.g. 4MiB.")] = "4MiB",
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds the engine may stay silent "
@@ -71,7 +72,7 @@ def serve(
                                 extra_args=tuple(ctx.args))
         spec = ServeSpec(model=model, engine=engine.value, upstream=upstream, host=host, port=port,
                          guardrails=guardrails, no_guardrails=no_guardrails,
-                         api_key=api_key or os.environ.get("LLMPROD_API_KEY") or None,
+                         api_key=api_key or None,
                          max_concurrency=max_concurrency, max_body_size=parse_size(max_body_size, "--max-body-size"),
                          request_timeout=request_timeout, served_model_name=served_model_name,
                          engine_options=options, vllm_bin=vllm_bin, engine_timeout=engine_timeout,

@@ -58,7 +58,7 @@ def load_policy(name_or_path: str | Path, registry: dict[str, CheckType] | None 
     return _parse(root, path, registry or CHECK_TYPES)
 
 
-def _err(path: Path, line: int, message: str, hint: str = "see recipes/guardrails/default.yaml for the format"):
+def _err(path: Path, line: int, message: str, hint: str = f"see {DEFAULT_POLICY} for the format"):
     return ConfigError(f"{path} line {line}: {message}", hint=hint)
 
 

@@ -27,14 +27,14 @@ BUNDLED = RECIPES / "quantize"
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A path, or the name of a bundled recipe (`awq-w4a16` for recipes/quantize/awq-w4a16.yaml)."""
+    """A path, or the name of a bundled recipe (`awq-w4a16` for llmprod/recipes/quantize/awq-w4a16.yaml)."""
     return find_bundled(name_or_path, BUNDLED, "recipe")
 
 
 def modifiers_of(recipe: dict[str, Any], source: str) -> list[tuple[str, dict[str, Any]]]:
     """The (ModifierName, kwargs) pairs in order, walked as llm-compressor walks them."""
     if not isinstance(recipe, dict):
-        raise ConfigError(f"{source}: a recipe is a mapping of stages", hint="see recipes/quantize/*.yaml")
+        raise ConfigError(f"{source}: a recipe is a mapping of stages", hint=f"see the bundled recipes in {BUNDLED}")
     found = []
     for stage_key, stage in recipe.items():
         if not (stage_key.endswith("_stage") and isinstance(stage, dict)):
@@ -65,7 +65,7 @@ def settings_from_recipe(path: Path) -> QuantizeSettings:
         awq_at = names.index("AWQModifier")
         if not any(n in QUANTIZERS for n in names[awq_at + 1:]):
             raise ConfigError(f"{source}: AWQModifier has no quantization modifier after it",
-                              hint="AWQ only smooths; add QuantizationModifier after it (see recipes/quantize/awq-w4a16.yaml)")
+                              hint=f"AWQ only smooths; add QuantizationModifier after it (see {BUNDLED / 'awq-w4a16.yaml'})")
         method = "awq"
     elif "GPTQModifier" in names:
         method = "gptq"
@@ -91,7 +91,7 @@ def _weight_args(quant: dict[str, Any], where: str) -> tuple[int, int, bool]:
     groups = quant.get("config_groups")
     if not isinstance(groups, dict) or len(groups) != 1:
         raise ConfigError(f"{where}: needs a scheme or exactly one entry in config_groups",
-                          hint="see recipes/quantize/*.yaml")
+                          hint=f"see the bundled recipes in {BUNDLED}")
     group = next(iter(groups.values())) or {}
     if group.get("input_activations") or group.get("output_activations"):
         raise ConfigError(f"{where}: activation quantization is not weight-only (W4A16/W8A16)",
@@ -104,7 +104,7 @@ def _weight_args(quant: dict[str, Any], where: str) -> tuple[int, int, bool]:
         group_size = -1 if strategy == "channel" else int(weights["group_size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: weights need num_bits and group_size (or strategy: channel)",
-                          hint="see recipes/quantize/*.yaml") from exc
+                          hint=f"see the bundled recipes in {BUNDLED}") from exc
     if weights.get("type", "int") != "int":
         raise ConfigError(f"{where}: only integer weights are supported here", hint="use type: int")
     return bits, group_size, symmetric
