@@ -43,10 +43,10 @@ class Target:
 
 
 def normalize_base_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"{url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000 or http://host:8000/v1")
-    return url if url.endswith("/v1") else url + "/v1"
+    """The server's /v1 base, however the user wrote its URL."""
+    from llmprod.urls import server_root
+
+    return server_root(url, "URL") + "/v1"
 
 
 async def preflight(client, target: Target) -> list[str]:

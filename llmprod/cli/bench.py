@@ -37,7 +37,7 @@ def bench(
     json_output: JsonOpt = False,
 ) -> None:
     """Load-test an OpenAI-compatible server: TTFT and tokens/s against concurrency, with a plot."""
-    from llmprod.cli.runner import command_output
+    from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
         from llmprod.bench.command import BenchOptions, run

@@ -31,7 +31,7 @@ def estimate_memory(
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate GPU memory (weights + KV cache + overhead) as vLLM would allocate it."""
-    from llmprod.cli.runner import command_output
+    from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
         from llmprod.memory.plan import MemorySpec, estimate

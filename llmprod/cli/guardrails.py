@@ -31,7 +31,7 @@ def scan(
     json_output: JsonOpt = False,
 ) -> None:
     """Run a policy over a file of texts and report each verdict and finding."""
-    from llmprod.cli.runner import command_output
+    from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
         from llmprod.guardrails.scan import run_scan

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmprod.cli.exits import command_output
 from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg
-from llmprod.cli.runner import command_output
 from llmprod.errors import CheckFailed, InputError
 
 EXAMPLE = ("Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct "

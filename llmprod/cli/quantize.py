@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmprod.cli.exits import command_output
 from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, RecipeOpt, SeedOpt, VerboseOpt
-from llmprod.cli.runner import command_output
 
 EXAMPLE = "Example: [bold]llmprod quantize meta-llama/Llama-3.2-1B-Instruct --method awq --output llama-awq[/bold]"
 
@@ -53,7 +53,8 @@ def quantize(
 ) -> None:
     """Quantize a model to 4 or 8 bits with AWQ or GPTQ (llm-compressor), ready for vLLM."""
     with command_output(json_output) as out:
-        from llmprod.quantize import build_spec, quantize as run_quantize
+        from llmprod.quantize import build_spec
+        from llmprod.quantize import quantize as run_quantize
         from llmprod.quantize.run import QuantizeHooks
 
         spec = build_spec(model=model, output=output, method=method and method.value, bits=bits,

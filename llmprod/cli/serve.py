@@ -10,6 +10,9 @@ import typer
 
 from llmprod.bundled import RECIPES, names
 from llmprod.cli.options import ApiKeyOpt, JsonOpt
+from llmprod.serve.spec import EngineOptions, ServeSpec
+
+DEFAULTS = ServeSpec()
 
 EXAMPLE = ("Example: [bold]llmprod serve ./llama-gptq --guardrails sandwich --port 8000 "
            "-- --enable-prefix-caching[/bold]")
@@ -28,53 +31,73 @@ def serve(
     model: Annotated[Optional[str], typer.Argument(help="Hub id or local directory to serve (omit with --upstream).",
                                                    show_default=False)] = None,
     engine: Annotated[Engine, typer.Option("--engine", help="auto: vLLM when it and a GPU are present, else the "
-                                           "embedded transformers engine.")] = Engine.auto,
+                                           "embedded transformers engine.")] = Engine(DEFAULTS.engine),
     upstream: Annotated[Optional[str], typer.Option("--upstream", help="Front an OpenAI-compatible engine that is "
                                                     "already running; start none.")] = None,
-    host: Annotated[str, typer.Option("--host", help="Address the gateway binds (loopback unless you say so).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Gateway port.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address the gateway binds (loopback unless you say so).")]
+    = DEFAULTS.host,
+    port: Annotated[int, typer.Option("--port", help="Gateway port.")] = DEFAULTS.port,
     guardrails: Annotated[Optional[str], typer.Option("--guardrails", help="A guardrail policy YAML, or a bundled "
                                                       f"one: {', '.join(names(RECIPES / 'guardrails'))} (default: "
                                                       "default).")] = None,
     no_guardrails: Annotated[bool, typer.Option("--no-guardrails", help="Check nothing.")] = False,
     api_key: ApiKeyOpt = None,
-    max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="Requests in flight before 429.")] = 256,
-    max_body_size: Annotated[str, typer.Option("--max-body-size", help="Largest request body, e.g. 4MiB.")] = "4MiB",
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="Requests in flight before 429.")]
+    = DEFAULTS.max_concurrency,
+    max_body_size: Annotated[str, typer.Option("--max-body-size", help="Largest request body, e.g. 4MiB.")]
+    = f"{DEFAULTS.max_body_size >> 20}MiB",
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds the engine may stay silent "
-                                                   "before 504.")] = 600.0,
+                                                   "before 504.")] = DEFAULTS.request_timeout,
     max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", help="vLLM: context length.")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization",
                                                                     help="vLLM: fraction of GPU memory to use.")] = None,
     kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="vLLM: e.g. fp8.")] = None,
-    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", help="vLLM: GPUs per replica.")] = None,
-    vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The `vllm` executable of vLLM's own environment.")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size",
+                                                                help="vLLM: GPUs per replica.")] = None,
+    vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The `vllm` executable of vLLM's own "
+                                                    "environment.")] = None,
     served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients use "
                                                              "(default: MODEL as given).")] = None,
-    engine_timeout: Annotated[float, typer.Option("--engine-timeout", help="Seconds to wait for the engine's /health.")] = 900.0,
-    grace_period: Annotated[float, typer.Option("--grace-period", help="Seconds in-flight requests get at shutdown.")] = 30.0,
+    engine_timeout: Annotated[float, typer.Option("--engine-timeout", help="Seconds to wait for the engine's "
+                                                  "/health.")] = DEFAULTS.engine_timeout,
+    grace_period: Annotated[float, typer.Option("--grace-period", help="Seconds in-flight requests get at "
+                                                "shutdown.")] = DEFAULTS.grace_period,
     engine_log: Annotated[Optional[Path], typer.Option("--engine-log", help="Where the engine's output goes.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Serve a model with vLLM or the embedded engine behind a guarded OpenAI-compatible gateway."""
-    from llmprod.cli.runner import command_output
+    from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
         from llmprod.memory.sizes import parse_size
-        from llmprod.serve.engines import EngineOptions
-        from llmprod.serve.run import ServeSpec, run_serve
+        from llmprod.serve.run import run_serve
 
-        if no_guardrails and guardrails:
-            from llmprod.errors import InputError
-
-            raise InputError("--guardrails and --no-guardrails contradict each other", hint="keep one")
         options = EngineOptions(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                                 kv_cache_dtype=kv_cache_dtype, tensor_parallel_size=tensor_parallel_size,
                                 extra_args=tuple(ctx.args))
         spec = ServeSpec(model=model, engine=engine.value, upstream=upstream, host=host, port=port,
-                         guardrails=guardrails, no_guardrails=no_guardrails,
-                         api_key=api_key or None,
+                         guardrails=guardrails, no_guardrails=no_guardrails, api_key=api_key or None,
                          max_concurrency=max_concurrency, max_body_size=parse_size(max_body_size, "--max-body-size"),
                          request_timeout=request_timeout, served_model_name=served_model_name,
                          engine_options=options, vllm_bin=vllm_bin, engine_timeout=engine_timeout,
                          grace_period=grace_period, engine_log=engine_log)
-        run_serve(spec, out)
+        run_serve(spec, out, on_ready=lambda doc: out.result(doc, render=lambda console: _render_ready(console, doc)))
+
+
+def _render_ready(console, doc: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="llmprod serve: ready", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("OpenAI API", doc["url"])
+    table.add_row("metrics", doc["metrics_url"])
+    if doc["engine_pid"] is not None:
+        table.add_row("engine", f"{doc['engine']} (pid {doc['engine_pid']}) on {doc['upstream']}, log {doc['engine_log']}")
+        table.add_row("model", ", ".join(doc["models"]))
+    else:
+        table.add_row("upstream", doc["upstream"])
+    table.add_row("auth", "bearer API key" if doc["auth"] != "none" else "none (set --api-key or LLMPROD_API_KEY)")
+    table.add_row("guardrails", "\n".join(doc["guardrails"]))
+    console.print(table)
+    console.print("Ctrl-C (or SIGTERM) stops: in-flight streams finish, then the engine stops.", style="dim")

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmprod.cli.exits import command_output
 from llmprod.cli.options import JsonOpt
-from llmprod.cli.runner import command_output
 from llmprod.errors import InputError
 
 EXAMPLE = "Example: [bold]llmprod tiny-model work/tiny --trained --texts work[/bold]"

@@ -37,8 +37,8 @@ class PolicyGuard:
         self._shared = SharedModels()
         self.stages: dict[str, list[PatternCheck | ModelCheck]] = {
             stage: [registry[c.check].build(c, self._shared) for c in policy.checks(stage)] for stage in STAGES}
-        self._prefilters = {stage: detectors.Prefilter(self.patterns(stage))
-                            for stage in STAGES if self.deterministic(stage)}
+        self.prefilters = {stage: detectors.Prefilter(self.patterns(stage))
+                           for stage in STAGES if self.deterministic(stage)}
 
     async def aclose(self) -> None:
         """Close what the checks opened (pooled connections to guard endpoints)."""
@@ -86,7 +86,7 @@ class PolicyGuard:
         """Findings of deterministic `checks` on one text, spans in the original text; each check's time is
         added to `timings`. `candidates`: the prefilter's answer for this text, where the caller has it."""
         norm = None
-        prefilter = self._prefilters.get(stage)
+        prefilter = self.prefilters.get(stage)
         if candidates is None and prefilter is not None:
             started = time.perf_counter()
             norm = normalize(text)
@@ -169,7 +169,7 @@ class PolicyGuard:
         return await self.check_output(text, context)
 
     @cached_property
-    def _output_holdback(self):
+    def output_holdback(self):
         """The output scanners' hold-back plan, built at the first stream and shared by all."""
         from llmprod.guardrails.stream import HoldBack
 
@@ -179,7 +179,7 @@ class PolicyGuard:
     def output_stream(self, context: str):
         from llmprod.guardrails.stream import OutputScanner
 
-        return OutputScanner(self, context, self._output_holdback)
+        return OutputScanner(self, context, self.output_holdback)
 
 
 def load_guard(policy: str | Path, observer: GuardObserver | None = None) -> PolicyGuard:

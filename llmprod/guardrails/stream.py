@@ -214,7 +214,7 @@ class HoldBack:
     def _start(self, text: str, look: Look, memo: Memo | None) -> int:
         hold = end = len(text)
         stretches: dict[str, int] = {}  # alphabet → its trailing stretch (patterns share alphabets)
-        for growing, hinted in self._plan(look.hints):
+        for growing, hinted in self.plan(look.hints):
             if not hinted and growing.hint is not None:
                 # Its hint occurs nowhere: only what can come before it, at most its last characters (the
                 # usual case, and the one path every chunk of prose takes, so it is spelled out here).
@@ -241,7 +241,7 @@ class HoldBack:
             hold = min(hold, end - self.window + 1)
         return max(hold, 0)
 
-    def _plan(self, hints: set[int]) -> list[tuple[Growing, bool]]:
+    def plan(self, hints: set[int]) -> list[tuple[Growing, bool]]:
         """The token patterns to look at, given whose hints occur: one whose hint does not occur is skipped
         when another one, without its hint either, holds back at least as much. A few plans per policy."""
         key = frozenset(hints)

@@ -22,23 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from llmprod.errors import InputError, OperationFailed
+from llmprod.serve.spec import VLLM_ONLY, EngineOptions
+from llmprod.serve.upstream import EngineState, Upstream
 
-# Options that only mean something to vLLM (each passed as --max-model-len etc.): refused with the
-# embedded engine instead of silently ignored.
-VLLM_ONLY = ("max_model_len", "gpu_memory_utilization", "kv_cache_dtype", "tensor_parallel_size")
 
 
 class EngineFailed(OperationFailed):
     """The engine did not become ready (exited, or timed out); the message names its log file."""
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    kv_cache_dtype: str | None = None
-    tensor_parallel_size: int | None = None
-    extra_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,29 +160,21 @@ class EngineProcess:
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    async def wait_ready(self, timeout: float, client) -> None:
-        """Poll /health until it answers 200; the engine exiting or the timeout raise EngineFailed."""
+    async def wait_ready(self, timeout: float, upstream: Upstream) -> None:
+        """Poll the engine's /health until it answers 200; the engine exiting or the timeout raise EngineFailed."""
         deadline = time.monotonic() + timeout
         while True:
             code = self.exit_code()
             if code is not None:
                 raise EngineFailed(f"the {self.command.kind} engine exited with code {code} before it was ready",
                                    hint=f"its log is {self.log_path}: {last_line(self.log_path)}")
-            if await self.healthy(client):
+            if (await upstream.health(timeout=2.0)).ok:
                 return
             if time.monotonic() > deadline:
                 self.stop()
                 raise EngineFailed(f"the {self.command.kind} engine was not ready after {timeout:.0f} s",
                                    hint=f"its log is {self.log_path}; raise --engine-timeout for large models")
             await asyncio.sleep(0.25)
-
-    async def healthy(self, client) -> bool:
-        """Whether the engine answers /health with 200 now."""
-        try:
-            response = await client.get(f"{self.command.base_url}/health", timeout=2.0)
-        except Exception:  # noqa: BLE001 - not listening (yet), or gone
-            return False
-        return response.status_code == 200
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the engine's whole process group, then SIGKILL what is left after `grace` seconds."""
@@ -241,28 +223,12 @@ def last_line(path: Path, limit: int = 200) -> str:
     return lines[-1][:limit] if lines else "(empty log)"
 
 
-@dataclass
-class UpstreamState:
-    """Whether requests can go upstream now; the supervisor and /health keep it current."""
-
-    base_url: str
-    supervised: bool
-    up: bool = True
-    reason: str = ""
-
-    def mark_down(self, reason: str) -> None:
-        self.up, self.reason = False, reason
-
-    def mark_up(self) -> None:
-        self.up, self.reason = True, ""
-
-
 class Supervisor:
     """Restarts a dead engine with exponential backoff; requests get 503 meanwhile."""
 
     BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
-    def __init__(self, engine: EngineProcess, state: UpstreamState, ready_timeout: float,
+    def __init__(self, engine: EngineProcess, state: EngineState, ready_timeout: float,
                  on_event: Callable[[str], None], on_restart: Callable[[], None] | None = None,
                  backoff: tuple[float, ...] | None = None) -> None:
         self.engine = engine
@@ -273,12 +239,12 @@ class Supervisor:
         self.backoff = backoff or self.BACKOFF
         self.stopping = False
 
-    async def run(self, client) -> None:
+    async def run(self, upstream: Upstream) -> None:
         failures = 0
         while not self.stopping:
             await asyncio.sleep(0.2)
             if self.engine.alive():
-                if not self.state.up and await self.engine.healthy(client):
+                if not self.state.up and (await upstream.health(timeout=2.0)).ok:
                     self.state.mark_up()  # a transient failure marked it down; it answers again
                 continue
             if self.stopping:
@@ -293,7 +259,7 @@ class Supervisor:
                 return
             try:
                 self.engine.start()
-                await self.engine.wait_ready(self.ready_timeout, client)
+                await self.engine.wait_ready(self.ready_timeout, upstream)
             except EngineFailed as exc:
                 failures += 1
                 self.on_event(f"restart failed: {exc.one_line()}")

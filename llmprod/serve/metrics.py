@@ -58,6 +58,16 @@ class GatewayMetrics:
                                     "Guardrail checks that raised instead of answering; the request failed closed.",
                                     ["stage", "check"], registry=registry)
 
+    def count_usage(self, route: str, usage) -> None:
+        """Tokens from an answer's usage (a stream's last usage chunk: vLLM's running totals are not summed)."""
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            self.prompt_tokens.labels(route).inc(prompt)
+        if isinstance(completion, int):
+            self.output_tokens.labels(route).inc(completion)
+
     def guard_observer(self) -> "GuardMetrics":
         return GuardMetrics(self)
 

@@ -12,82 +12,18 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llmprod.errors import InputError
 from llmprod.output import Output
-from llmprod.serve.engines import (
-    EngineCommand,
-    EngineOptions,
-    EngineProcess,
-    Supervisor,
-    UpstreamState,
-    choose_engine,
-    find_vllm,
-    free_port,
-    gpu_available,
-    transformers_command,
-    vllm_command,
-)
+from llmprod.serve.engines import (EngineCommand, EngineProcess, Supervisor, choose_engine, find_vllm, free_port,
+                                   gpu_available, transformers_command, vllm_command)
 from llmprod.serve.gateway import Gateway, GatewayConfig
 from llmprod.serve.metrics import GatewayMetrics
-
-
-@dataclass(frozen=True)
-class ServeSpec:
-    model: str | None = None
-    engine: str = "auto"
-    upstream: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    guardrails: Path | None = None
-    no_guardrails: bool = False
-    api_key: str | None = None
-    max_concurrency: int = 256
-    max_body_size: int = 4 * 1024 * 1024
-    request_timeout: float = 600.0
-    served_model_name: str | None = None
-    engine_options: EngineOptions = field(default_factory=EngineOptions)
-    vllm_bin: str | None = None
-    engine_timeout: float = 900.0
-    grace_period: float = 30.0
-    engine_log: Path | None = None
-
-    def validate(self) -> None:
-        if self.upstream and self.model:
-            raise InputError("give MODEL or --upstream, not both",
-                             hint="--upstream fronts an engine that is already running and starts none")
-        if not self.upstream and not self.model:
-            raise InputError("no model to serve", hint="give MODEL (hub id or directory), or --upstream URL")
-        if self.upstream and self.engine != "auto":
-            raise InputError("--engine starts an engine; --upstream fronts one that is running",
-                             hint="drop one of them")
-        if not 0 < self.port < 65536:
-            raise InputError(f"--port {self.port} is not a TCP port", hint="use 1-65535")
-        checks = [(self.max_concurrency >= 1, "--max-concurrency must be at least 1"),
-                  (self.max_body_size >= 1024, "--max-body-size must be at least 1KiB"),
-                  (self.request_timeout > 0, "--request-timeout must be positive"),
-                  (self.engine_timeout > 0, "--engine-timeout must be positive"),
-                  (self.grace_period >= 0, "--grace-period must not be negative")]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message, hint="see `llmprod serve --help`")
-        gmu = self.engine_options.gpu_memory_utilization
-        if gmu is not None and not 0 < gmu <= 1:
-            raise InputError(f"--gpu-memory-utilization {gmu} is not in (0, 1]", hint="e.g. 0.9")
-        for name in ("max_model_len", "tensor_parallel_size"):
-            value = getattr(self.engine_options, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1", hint="see `llmprod serve --help`")
-
-
-def normalize_upstream(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"--upstream {url!r} is not an http(s) URL", hint="e.g. http://10.0.0.5:8000")
-    return url[:-3] if url.endswith("/v1") else url
+from llmprod.serve.spec import ServeSpec
+from llmprod.serve.upstream import AiohttpUpstream, EngineState, Upstream, UpstreamError
+from llmprod.urls import server_root
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -164,32 +100,35 @@ class _Signals:
             raise KeyboardInterrupt
 
 
-def run_serve(spec: ServeSpec, out: Output) -> None:
+def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) -> None:
+    """Check everything, start the engine (or check --upstream), serve until SIGINT/SIGTERM, stop cleanly.
+    `on_ready(document)` once the gateway listens: what it serves, where, and what the guardrails enforce."""
     spec.validate()
     policy = read_policy(spec)
+    upstream_url = server_root(spec.upstream, "--upstream") if spec.upstream else None
     check_port_free(spec.host, spec.port)
     metrics = GatewayMetrics()
     guard, guard_lines = build_guard(policy, metrics, out)
-    if spec.upstream:
-        upstream_url = normalize_upstream(spec.upstream)
-        command, engine, models = None, None, None
-        state = UpstreamState(upstream_url, supervised=False)
+    if upstream_url:
+        engine, models = None, None
+        state = EngineState(upstream_url, supervised=False)
     else:
         served_name = spec.served_model_name or spec.model
         command = plan_engine(spec, served_name)
         models = {served_name: command.model_id}
         log = spec.engine_log or Path(tempfile.gettempdir()) / "llmprod" / f"engine-{command.port}.log"
         engine = EngineProcess(command, log)
-        state = UpstreamState(command.base_url, supervised=True)
+        state = EngineState(command.base_url, supervised=True)
         out.note(f"engine: {command.kind} ({command.reason}); log: {log}")
     config = GatewayConfig(api_key=spec.api_key, max_concurrency=spec.max_concurrency,
                            max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
                            models=models)
-    gateway = Gateway(state, config, guard=guard, metrics=metrics)
+    upstream = AiohttpUpstream(state.base_url, spec.request_timeout)
+    gateway = Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream)
     signals = _Signals()
     signals.install()
     try:
-        _run_loop(_serve(spec, out, gateway, engine, state, guard_lines, signals))
+        _run_loop(_serve(spec, out, gateway, engine, guard_lines, signals, on_ready))
     finally:
         signals.restore()
         if engine is not None:
@@ -207,61 +146,58 @@ def _run_loop(coro) -> None:
 
 
 async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineProcess | None,
-                 state: UpstreamState, guard_lines: list[str], signals: _Signals) -> None:
-    import httpx
+                 guard_lines: list[str], signals: _Signals, on_ready: Callable[[dict], None]) -> None:
     import uvicorn
 
     started = time.monotonic()
-    async with httpx.AsyncClient() as probe:
+    upstream, state = gateway.upstream, gateway.state
+    try:
         if engine is not None:
             out.info(f"starting the {engine.command.kind} engine on 127.0.0.1:{engine.command.port} ...")
             engine.start()
-            await engine.wait_ready(spec.engine_timeout, probe)
+            await engine.wait_ready(spec.engine_timeout, upstream)
         else:
-            await _check_upstream(probe, state.base_url, spec.api_key)
-    config = uvicorn.Config(gateway.app, host=spec.host, port=spec.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=spec.grace_period, lifespan="on", loop="none",
-                            server_header=False, date_header=False)
-    server = uvicorn.Server(config)
-    supervisor = None
-    supervisor_task = None
-    if engine is not None:
+            await _check_upstream(upstream, spec.api_key)
+        config = uvicorn.Config(gateway.app, host=spec.host, port=spec.port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=spec.grace_period, lifespan="on", loop="none",
+                                server_header=False, date_header=False)
+        server = uvicorn.Server(config)
+        serve_task = asyncio.ensure_future(server.serve())
+        while not server.started and not serve_task.done():
+            await asyncio.sleep(0.05)
+        if serve_task.done():
+            serve_task.result()
+            return
+        signals.serving = True
         supervisor = Supervisor(engine, state, spec.engine_timeout, on_event=out.warn,
-                                on_restart=gateway.metrics.engine_restarts.inc)
-    serve_task = asyncio.ensure_future(server.serve())
-    while not server.started and not serve_task.done():
-        await asyncio.sleep(0.05)
-    if serve_task.done():
-        serve_task.result()
-        return
-    signals.serving = True
-    async with httpx.AsyncClient() as supervisor_client:
-        if supervisor is not None:
-            supervisor_task = asyncio.ensure_future(supervisor.run(supervisor_client))
-        out.result(_ready_document(spec, gateway, engine, state, guard_lines, time.monotonic() - started),
-                   render=lambda console: _render_ready(console, spec, engine, state, guard_lines))
+                                on_restart=gateway.metrics.engine_restarts.inc) if engine is not None else None
+        supervising = asyncio.ensure_future(supervisor.run(upstream)) if supervisor is not None else None
+        on_ready(_ready_document(spec, gateway, engine, guard_lines, time.monotonic() - started))
         await serve_task
         if supervisor is not None:
             supervisor.stopping = True
-            supervisor_task.cancel()
-            await asyncio.gather(supervisor_task, return_exceptions=True)
-    out.info("gateway stopped: no longer accepting; in-flight requests finished or timed out")
+            supervising.cancel()
+            await asyncio.gather(supervising, return_exceptions=True)
+        out.info("gateway stopped: no longer accepting; in-flight requests finished or timed out")
+    finally:
+        await upstream.close()
 
 
-async def _check_upstream(client, base_url: str, api_key: str | None) -> None:
+async def _check_upstream(upstream: Upstream, api_key: str | None) -> None:
     """--upstream must answer /v1/models before the gateway opens (the key is passed on if it has one)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = await client.get(f"{base_url}/v1/models", headers=headers, timeout=10.0)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"--upstream {base_url} is not reachable ({type(exc).__name__})",
+        answer = await upstream.call("GET", "/v1/models", headers=headers, timeout=10.0)
+    except UpstreamError as exc:
+        raise InputError(f"--upstream {upstream.base_url} is not reachable ({exc})",
                          hint="start the engine first, or check the URL") from None
-    if response.status_code >= 500 or response.status_code == 404:
-        raise InputError(f"--upstream {base_url} answered /v1/models with HTTP {response.status_code}",
+    if answer.status >= 500 or answer.status == 404:
+        raise InputError(f"--upstream {upstream.base_url} answered /v1/models with HTTP {answer.status}",
                          hint="give the base URL of an OpenAI-compatible server (vLLM, transformers serve)")
 
 
-def _ready_document(spec, gateway, engine, state, guard_lines, seconds) -> dict:
+def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | None, guard_lines: list[str],
+                    seconds: float) -> dict:
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
     url = f"http://{host}:{spec.port}"
     return {
@@ -272,30 +208,9 @@ def _ready_document(spec, gateway, engine, state, guard_lines, seconds) -> dict:
         "engine": engine.command.kind if engine else "upstream",
         "engine_pid": engine.pid if engine else None,
         "engine_log": str(engine.log_path) if engine else None,
-        "upstream": state.base_url,
+        "upstream": gateway.state.base_url,
         "auth": "api key" if spec.api_key else "none",
         "guardrails": guard_lines,
         "max_concurrency": spec.max_concurrency,
         "startup_seconds": round(seconds, 2),
     }
-
-
-def _render_ready(console, spec, engine, state, guard_lines) -> None:
-    from rich.table import Table
-
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    table = Table(title="llmprod serve: ready", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("OpenAI API", f"http://{host}:{spec.port}/v1")
-    table.add_row("metrics", f"http://{host}:{spec.port}/metrics")
-    if engine is not None:
-        table.add_row("engine", f"{engine.command.kind} (pid {engine.pid}) on {state.base_url}, "
-                                f"log {engine.log_path}")
-        table.add_row("model", spec.served_model_name or spec.model)
-    else:
-        table.add_row("upstream", state.base_url)
-    table.add_row("auth", "bearer API key" if spec.api_key else "none (set --api-key or LLMPROD_API_KEY)")
-    table.add_row("guardrails", "\n".join(guard_lines))
-    console.print(table)
-    console.print("Ctrl-C (or SIGTERM) stops: in-flight streams finish, then the engine stops.", style="dim")

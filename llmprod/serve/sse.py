@@ -74,7 +74,7 @@ def events(blob: bytes) -> list[tuple[int, int, bytes | None]]:
     `data` its payload (None for comments and keep-alives). Offsets rather than copies, so a run of
     events can go on as one slice of the blob."""
     if b"\r" in blob:
-        return _events_any(blob)
+        return events_any_terminator(blob)
     found, start = [], 0
     *whole, rest = blob.split(b"\n\n")  # LF only, the usual case: one C-speed split
     for part in whole:
@@ -87,7 +87,8 @@ def events(blob: bytes) -> list[tuple[int, int, bytes | None]]:
     return found
 
 
-def _events_any(blob: bytes) -> list[tuple[int, int, bytes | None]]:
+def events_any_terminator(blob: bytes) -> list[tuple[int, int, bytes | None]]:
+    """`events` for any of SSE's three terminators (LF, CRLF, CR): the general case, and its reference."""
     found, start = [], 0
     while (match := _EVENT_END.search(blob, start)) is not None:
         found.append((start, match.end(), data_of(blob[start:match.end()])))

@@ -10,7 +10,7 @@ import sys
 import pytest
 import typer
 
-from llmprod.cli.runner import command_output
+from llmprod.cli.exits import command_output
 from llmprod.errors import CheckFailed, ConfigError
 
 COMMANDS = ["quantize", "perplexity", "estimate-memory", "serve", "guardrails", "bench"]

@@ -184,7 +184,7 @@ def test_the_plan_and_the_memo_agree_with_looking_at_every_pattern_every_time():
     guard = output_guard(("pii", "redact"), ("secrets", "block"))
     patterns = guard.patterns("output")
     fast, rule = HoldBack(patterns), HoldBack(patterns)
-    rule._plan = lambda hints: [(g, True) for g in rule.tokens]
+    rule.plan = lambda hints: [(g, True) for g in rule.tokens]
     alphabet = ["a", "Z", "k", "1", "7", "0", " ", " ", "@", ":", ".", "-", "_", "AKIA", "ghp_", "eyJ", "GB82",
                 "(", ")", "\n", "+", "api_key = '", "token: ", "-----BEGIN", "call ", "x.y@", "4111 ", "\u0663",
                 "\u00e9", "\u0430", "\uff14"]
@@ -199,7 +199,7 @@ def test_the_plan_and_the_memo_agree_with_looking_at_every_pattern_every_time():
             assert held == rule.start(window, 0), (window, held)
             left += max(0, held - 8)  # release, keeping some left context as the scanner does
     # the plan skips patterns without their hints on prose
-    assert len(fast._plan(set())) < len(fast.tokens)
+    assert len(fast.plan(set())) < len(fast.tokens)
 
 
 def test_every_pattern_declares_what_its_matches_are_made_of():
@@ -264,7 +264,7 @@ def test_the_streams_prefilter_never_drops_a_pattern_that_matches():
     import random
 
     guard = output_guard(("pii", "redact"), ("secrets", "block"))
-    holdback, prefilter, checks = guard._output_holdback, guard._prefilters["output"], guard.deterministic("output")
+    holdback, prefilter, checks = guard.output_holdback, guard.prefilters["output"], guard.deterministic("output")
     pieces = ["mail ", "jo@example.org", " 4111 1111 1111 1111", " AKIAIOSFODNN7EXAMPLQ", " api_key = 'abc123'",
               " 10.0.0.1", " +44 20 7946 0958", " plain words", " ghp_" + "a1B2" * 9, " 123-45-6789", ": ",
               " DE89 3704 0044 0532 0130 00", " fe80::1ff:fe23", " eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.sig"]

@@ -110,10 +110,9 @@ def test_interrupted_run_leaves_nothing_behind(trained_model_dir, calibration_fi
         # A background shell starts us with SIGINT ignored, which children inherit: restore the default.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".q.llmprod-tmp-") for p in tmp_path.iterdir()):
+    while not any(p.name.startswith(".q.llmprod-tmp-") for p in tmp_path.iterdir()):  # writing has begun
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    time.sleep(0.3)  # inside calibration
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

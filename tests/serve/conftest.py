@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from llmprod.guardrails import PolicyGuard
-from llmprod.serve.engines import UpstreamState
 from llmprod.serve.gateway import Gateway, GatewayConfig
 from llmprod.serve.metrics import GatewayMetrics
+from llmprod.serve.upstream import EngineState
 from llmprod.testing.fake_engine import make_app
 from llmprod.testing.servers import ThreadServer
 
@@ -27,19 +27,21 @@ def fake_engine():
 
 @pytest.fixture
 def start_gateway():
-    """start_gateway(upstream_url, policy=None, registry=None, guard=None, **GatewayConfig fields) → (URL, Gateway).
+    """start_gateway(upstream_url, policy=None, registry=None, guard=None, upstream=None, **GatewayConfig fields)
+    → (URL, Gateway).
 
     A policy is built into a guard that reports to the gateway's metrics, as `llmprod serve` does; `registry`
-    swaps check types (a model check the test controls); `guard` takes any object with the Guard interface."""
+    swaps check types (a model check the test controls); `guard` takes any object with the Guard interface;
+    `upstream` an Upstream in place of the HTTP client (llmprod.testing.scripted: reads exactly as written)."""
     servers = []
 
-    def start(upstream_url: str, policy=None, registry=None, guard=None, supervised: bool = False,
-              state: UpstreamState | None = None, **config):
-        state = state or UpstreamState(upstream_url, supervised=supervised)
+    def start(upstream_url: str | None = None, policy=None, registry=None, guard=None, supervised: bool = False,
+              state: EngineState | None = None, upstream=None, **config):
+        state = state or EngineState(upstream_url or upstream.base_url, supervised=supervised)
         metrics = GatewayMetrics()
         if policy is not None:
             guard = PolicyGuard(policy, observer=metrics.guard_observer(), registry=registry)
-        gateway = Gateway(state, GatewayConfig(**config), guard=guard, metrics=metrics)
+        gateway = Gateway(state, GatewayConfig(**config), guard=guard, metrics=metrics, upstream=upstream)
         server = ThreadServer(gateway.app).start()
         servers.append(server)
         return server.url, gateway

@@ -96,7 +96,7 @@ def test_events_fast_path_agrees_with_the_general_one():
     pieces = [b"data: x", b"data:y", b"data:  z", b"\n", b"\n\n", b": c", b"data: [DONE]", b"event: e", b" "]
     for _ in range(3000):
         blob = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
-        assert sse.events(blob) == sse._events_any(blob), blob
+        assert sse.events(blob) == sse.events_any_terminator(blob), blob
 
 
 @pytest.mark.parametrize("end", [b"\r\n\r\n", b"\r\r"])

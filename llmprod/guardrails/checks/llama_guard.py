@@ -23,6 +23,7 @@ from typing import Any
 from llmprod.errors import ConfigError, InputError, MissingExtraError
 from llmprod.guardrails.checks.base import CheckConfig, CheckType, OptionSpec, SharedModels
 from llmprod.guardrails.types import STAGES, Finding
+from llmprod.urls import server_root
 
 DEFAULT_MODEL = "meta-llama/Llama-Guard-3-1B"
 CATEGORIES = {
@@ -168,7 +169,7 @@ class EndpointLlamaGuard:
 
     def __init__(self, endpoint: str, model: str | None, format_name: str | None, api_key: str | None,
                  timeout: float) -> None:
-        self.endpoint = endpoint.rstrip("/").removesuffix("/v1")
+        self.endpoint = server_root(endpoint, "the llama_guard endpoint")
         self.model_name = model
         self.format_name = format_name
         self.format = FORMATS[format_name] if format_name else guard_format(model or "")

@@ -10,9 +10,10 @@ import httpx
 import openai
 import pytest
 
-from llmprod.serve.engines import UpstreamState
+from llmprod.serve.upstream import EngineState
 from llmprod.testing.fake_engine import make_app
 from llmprod.testing.fake_engine import stats as engine_stats
+from llmprod.testing.scripted import ScriptedUpstream
 from llmprod.testing.servers import ThreadServer, free_port, wait_until
 
 MODEL = "tiny"
@@ -192,7 +193,7 @@ def test_upstream_down_is_503(start_gateway):
 
 
 def test_supervised_engine_marked_down_answers_503_without_calling_it(fake_engine, start_gateway):
-    state = UpstreamState(fake_engine.url, supervised=True)
+    state = EngineState(fake_engine.url, supervised=True)
     url, _ = start_gateway(fake_engine.url, state=state, models={MODEL: "fake"})
     state.mark_down("the engine exited (code 1) and is being restarted")
     before = engine_stats(fake_engine.url)["generations"]
@@ -215,7 +216,7 @@ def test_client_disconnect_cancels_the_upstream_stream(start_gateway):
                     break  # got one chunk, then hang up
         wait_until(lambda: engine_stats(slow.url)["cancelled"] == 1)
         assert engine_stats(slow.url)["completed"] == 0
-        wait_until(lambda: gateway.in_flight == 0)
+        wait_until(lambda: 'llmprod_requests_in_flight 0.0' in httpx.get(f"{url}/metrics").text)
         assert 'llmprod_requests_total{route="chat",status="499"} 1.0' in httpx.get(f"{url}/metrics").text
     finally:
         slow.stop()
@@ -235,36 +236,26 @@ def test_upstream_mode_passes_models_through(fake_engine, start_gateway):
     assert engine_stats(fake_engine.url)["last_body"]["model"] == "anything"
 
 
-def one_write_engine(terminator: bytes, continuous_usage: bool = False) -> ThreadServer:
-    """An engine that answers a whole stream in one write, as a fast engine's events arrive packed in one read.
+def one_read(terminator: bytes, continuous_usage: bool) -> bytes:
+    """A whole streamed answer as the engine's one write: three words, a keep-alive, the finish, the usage.
     With continuous_usage (vLLM's `continuous_usage_stats`), every chunk carries the running totals."""
-    from starlette.applications import Starlette
-    from starlette.responses import Response
-    from starlette.routing import Route
-
     def event(payload) -> bytes:
         return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + terminator
 
-    async def chat(request):
-        body = await request.json()
-        usage = body.get("stream_options", {}).get("include_usage")
-        events = []
-        for i, word in enumerate(("one ", "two ", "three ")):
-            chunk = {"id": "c", "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
-            if usage and continuous_usage:
-                chunk["usage"] = {"prompt_tokens": 4, "completion_tokens": i + 1, "total_tokens": 5 + i}
-            events.append(event(chunk))
-            if i == 0:
-                events.append(b": keep-alive" + terminator)
-        events.append(event({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-        if usage:
-            events.append(event({"id": "c", "choices": [],
-                                 "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}}))
-        events.append(event(b"[DONE]"))
-        return Response(b"".join(events), media_type="text/event-stream")
-
-    return ThreadServer(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])).start()
+    events = []
+    for i, word in enumerate(("one ", "two ", "three ")):
+        chunk = {"id": "c", "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+        if continuous_usage:
+            chunk["usage"] = {"prompt_tokens": 4, "completion_tokens": i + 1, "total_tokens": 5 + i}
+        events.append(event(chunk))
+        if i == 0:
+            events.append(b": keep-alive" + terminator)
+    events.append(event({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    events.append(event({"id": "c", "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3,
+                                                             "total_tokens": 7}}))
+    events.append(event(b"[DONE]"))
+    return b"".join(events)
 
 
 @pytest.mark.parametrize("guarded", [False, True], ids=["no-guardrails", "default-policy"])
@@ -274,15 +265,13 @@ def test_a_stream_packed_in_one_read_keeps_every_event_and_counts_usage_once(sta
                                                                              guarded):
     from llmprod.guardrails import load_policy
 
-    engine = one_write_engine(terminator, continuous)
-    try:
-        url, _ = start_gateway(engine.url, policy=load_policy("default") if guarded else None, models={MODEL: "fake"})
-        messages = [{"role": "user", "content": "hi"}]
-        chunks = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True))
-        asked = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True,
-                                                         stream_options={"include_usage": True}))
-    finally:
-        engine.stop()
+    engine = ScriptedUpstream().script(one_read(terminator, continuous)).script(one_read(terminator, continuous))
+    url, _ = start_gateway(upstream=engine, policy=load_policy("default") if guarded else None, models={MODEL: "fake"})
+    messages = [{"role": "user", "content": "hi"}]
+    chunks = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True))
+    asked = list(client(url).chat.completions.create(model=MODEL, messages=messages, stream=True,
+                                                     stream_options={"include_usage": True}))
+    assert engine.requests[0]["stream_options"] == {"include_usage": True}  # the gateway always asks for usage
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three "
     reasons = [c.choices[0].finish_reason for c in chunks]
     assert reasons[-1] == "stop" and set(reasons[:-1]) == {None}

@@ -16,8 +16,10 @@ from llmprod.guardrails.checks.base import CheckConfig
 from llmprod.guardrails.policy import Policy
 from llmprod.guardrails.registry import CHECK_TYPES
 from llmprod.guardrails.types import Decision, Finding
+from llmprod.testing import scripted
 from llmprod.testing.fake_engine import make_app
 from llmprod.testing.fake_engine import stats as engine_stats
+from llmprod.testing.scripted import ScriptedUpstream
 from llmprod.testing.servers import ThreadServer, wait_until
 
 MODEL = "tiny"
@@ -100,12 +102,13 @@ def raw_lines(url: str, model: str, content: str) -> list[str]:
         return [line for line in response.iter_lines() if line]
 
 
-def test_output_the_checks_let_through_goes_out_as_the_engines_own_events(fake_engine, start_gateway):
-    url, _ = start_gateway(fake_engine.url, policy=output_only(), models={MODEL: "fake"})
-    content = "chunks:plain |words |then |mail a@example.org |and |more |words"
-    direct = raw_lines(fake_engine.url, "fake", content)
-    through = raw_lines(url, MODEL, content)
-    assert through[:3] == direct[:3]  # the engine's bytes, not re-encoded
+def test_output_the_checks_let_through_goes_out_as_the_engines_own_events(start_gateway):
+    words = ["plain ", "words ", "then ", "mail a@example.org ", "and ", "more ", "words"]
+    reads = [scripted.chunk(w) for w in words] + [scripted.chunk("", "stop"), scripted.usage(3, 7), scripted.DONE]
+    engine = ScriptedUpstream().script(*reads)
+    url, _ = start_gateway(upstream=engine, policy=output_only(), models={MODEL: "fake"})
+    through = raw_lines(url, MODEL, "go")
+    assert through[:3] == [read.decode().strip() for read in reads[:3]]  # the engine's bytes, not re-encoded
     redacted = [json.loads(line[6:]) for line in through[3:-1]]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in redacted) == \
         "mail [EMAIL] and more words"
@@ -134,7 +137,8 @@ class ControlledCheck:
 
     def __init__(self) -> None:
         self.unsafe_after: str | None = None
-        self.fail: BaseException | None = None
+        self.fail: BaseException | None = None  # every call raises it
+        self.fail_on_output: BaseException | None = None  # output checks raise it
         self.calls: list[tuple[str, str]] = []
 
     def build(self, config, shared):
@@ -154,8 +158,8 @@ class _Bound:
 
     async def check_output(self, text, context):
         self.check.calls.append(("output", text))
-        if self.check.fail is not None:
-            raise self.check.fail
+        if (self.check.fail or self.check.fail_on_output) is not None:
+            raise self.check.fail or self.check.fail_on_output
         if self.check.unsafe_after and self.check.unsafe_after in text:
             return [Finding("llama_guard", "S2", 0, 0, self.config.action, 0.95)]
         return []
@@ -184,31 +188,46 @@ def test_model_check_blocks_input(fake_engine, start_gateway):
     assert 'check="policy"' not in metrics
 
 
-def test_model_check_on_streamed_output_every_n_tokens_and_at_the_end(fake_engine, start_gateway):
+def scripted_answer(*words: str, packed: bool = False) -> list[bytes]:
+    """The reads of a streamed answer: one event a read, or (packed) every event in one read."""
+    reads = [scripted.chunk(w) for w in words] + [scripted.chunk("", "stop"), scripted.usage(2, len(words)),
+                                                  scripted.DONE]
+    return [b"".join(reads)] if packed else reads
+
+
+def streamed_text(url: str) -> tuple[str, list[dict]]:
+    return streamed(url, "go on")
+
+
+def test_model_check_on_streamed_output_every_n_tokens_and_at_the_end(start_gateway):
     check = ControlledCheck()
-    url, _ = start_gateway(fake_engine.url, **sandwich(check, every=3))
-    text, chunks = streamed(url, "chunks:a |b |c |d |e |f |g ")
+    words = ("a ", "b ", "c ", "d ", "e ", "f ", "g ")
+    engine = ScriptedUpstream().script(*scripted_answer(*words)).script(*scripted_answer(*words))
+    url, _ = start_gateway(upstream=engine, **sandwich(check, every=3))
+    text, chunks = streamed_text(url)
     assert text == "a b c d e f g " and chunks[-1]["choices"][0]["finish_reason"] == "stop"
     outputs = [t for stage, t in check.calls if stage == "output"]
     assert outputs == ["a b c ", "a b c d e f ", "a b c d e f g "]  # every 3 tokens, then the whole at the end
 
     check.unsafe_after = "e "
     check.calls.clear()
-    text, chunks = streamed(url, "chunks:a |b |c |d |e |f |g ")
+    text, chunks = streamed_text(url)
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     assert "g" not in text
+    assert engine.streams[-1].closed  # the engine's connection dropped: the generation is aborted
 
 
-def test_every_tokens_counts_tokens_when_one_read_packs_many_events(fake_engine, start_gateway):
+def test_every_tokens_counts_tokens_when_one_read_packs_many_events(start_gateway):
     check = ControlledCheck()
-    url, _ = start_gateway(fake_engine.url, **sandwich(check, every=4))
-    pieces = [f"w{i} " for i in range(10)]
-    text, _ = streamed(url, "packed:" + "|".join(pieces))
-    assert text == "".join(pieces)
+    words = [f"w{i} " for i in range(10)]
+    engine = ScriptedUpstream().script(*scripted_answer(*words, packed=True))
+    url, _ = start_gateway(upstream=engine, **sandwich(check, every=4))
+    text, _ = streamed_text(url)
+    assert text == "".join(words)
     outputs = [t for stage, t in check.calls if stage == "output"]
     # One read holds all ten tokens: a check as soon as it arrives (10 >= 4), then the final one. Counted by
     # reads, "every 4" would have meant "never before the end".
-    assert outputs == ["".join(pieces), "".join(pieces)]
+    assert outputs == ["".join(words), "".join(words)]
 
 
 def test_a_check_that_fails_fails_closed(fake_engine, start_gateway):
@@ -222,23 +241,21 @@ def test_a_check_that_fails_fails_closed(fake_engine, start_gateway):
     assert err.value.response.headers["retry-after"] == "5"
     assert engine_stats(fake_engine.url)["generations"] == before  # never sent upstream unchecked
 
-    # Mid-stream: the input passed, then the output check fails: an error event ends the stream.
+    # Mid-stream: the input passes, the first output check (after two tokens) fails: an error event ends it.
     check.fail = None
-    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "chunks:a |b |c |d |e "}]}
+    check.fail_on_output = RuntimeError("out of memory")
+    engine = ScriptedUpstream().script(*scripted_answer("a ", "b ", "c ", "d ", "e "))
+    url, _ = start_gateway(upstream=engine, **sandwich(check, every=2))
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "go on"}]}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
-        lines = []
-        for line in response.iter_lines():
-            lines.append(line)
-            if line.startswith("data: {") and "a " in line:
-                check.fail = RuntimeError("out of memory")
+        lines = list(response.iter_lines())
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert events[-1]["error"]["code"] == "guardrail_unavailable"
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
-    assert text.startswith("a ") and "e " not in text
+    assert text == "a " and engine.streams[0].closed  # what came before the check; the engine dropped
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'llmprod_guardrail_errors_total{check="llama_guard",stage="input"} 1.0' in metrics
     assert 'llmprod_guardrail_errors_total{check="llama_guard",stage="output"} 1.0' in metrics
-    assert 'llmprod_requests_total{route="chat",status="503"} 2.0' in metrics
+    assert 'llmprod_requests_total{route="chat",status="503"} 1.0' in metrics
 
 
 class BrokenGuard:

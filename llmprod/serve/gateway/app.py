@@ -1,0 +1,220 @@
+"""The gateway's routes and their wiring: an ASGI app in front of one OpenAI-compatible engine.
+
+    ErrorShield → BearerAuth → ConcurrencyLimit → routes:
+    /health, /metrics                  open
+    /v1/models                         the served names, or the engine's list (--upstream)
+    /v1/chat/completions, /v1/completions
+        read and check the request → input guardrails → the engine (Upstream) → the answer, whole
+        (output guardrails on the whole text) or streamed (relay.py, guarded.py)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from llmprod.guardrails.types import CheckUnavailable, Guard
+from llmprod.serve.gateway.errors import (GatewayError, bad_request, from_engine, guard_unavailable, unavailable,
+                                          upstream_failed)
+from llmprod.serve.gateway.middleware import BearerAuth, ConcurrencyLimit, ErrorShield, json_500
+from llmprod.serve.gateway.requests import check_fields, input_texts, read_json
+from llmprod.serve.metrics import GatewayMetrics
+from llmprod.serve.spec import ServeSpec
+from llmprod.serve.upstream import AiohttpUpstream, Answer, EngineState, Upstream, UpstreamError
+
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    api_key: str | None = None
+    max_concurrency: int = ServeSpec.max_concurrency
+    max_body_size: int = ServeSpec.max_body_size
+    request_timeout: float = ServeSpec.request_timeout
+    # Names clients may ask for → the name the engine expects. None: pass `model` through (--upstream).
+    models: dict[str, str] | None = None
+
+
+class Gateway:
+    def __init__(self, state: EngineState, config: GatewayConfig, guard: Guard | None = None,
+                 metrics: GatewayMetrics | None = None, upstream: Upstream | None = None) -> None:
+        self.state = state
+        self.config = config
+        self.guard = guard
+        self.metrics = metrics or GatewayMetrics()
+        self.upstream = upstream or AiohttpUpstream(state.base_url, config.request_timeout)
+        self.app = self._build_app()
+
+    def _build_app(self):
+        from contextlib import asynccontextmanager
+        from functools import partial
+
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        @asynccontextmanager
+        async def lifespan(_app):
+            yield
+            await self.upstream.close()
+            aclose = getattr(self.guard, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route(PATHS["chat"], partial(self.generate, "chat"), methods=["POST"]),
+            Route(PATHS["completions"], partial(self.generate, "completions"), methods=["POST"]),
+            Route("/v1/{rest:path}", self.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        ]
+        app = Starlette(routes=routes, lifespan=lifespan,
+                        exception_handlers={GatewayError: lambda _r, exc: exc.response(), Exception: json_500})
+        limited = ConcurrencyLimit(app, self.config.max_concurrency, self.metrics)
+        return ErrorShield(BearerAuth(limited, self.config.api_key, self.metrics))
+
+    # -- open routes ----------------------------------------------------------------------------------------
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        if self.state.supervised and not self.state.up:
+            engine = {"status": "down", "reason": self.state.reason}
+        else:
+            ok, reason = await self.upstream.health()
+            engine = {"status": "ok"} if ok else {"status": "down", "reason": reason}
+        body = {"status": "ok" if engine["status"] == "ok" else "unavailable", "gateway": "ok", "engine": engine}
+        return JSONResponse(body, status_code=200 if engine["status"] == "ok" else 503)
+
+    async def metrics_endpoint(self, request):
+        from starlette.responses import Response
+
+        self.metrics.engine_up.set(1 if self.state.up else 0)
+        payload, content_type = self.metrics.render()
+        return Response(payload, media_type=content_type)
+
+    # -- /v1 ------------------------------------------------------------------------------------------------
+    async def not_found(self, request):
+        raise GatewayError(404, f"{request.method} {request.url.path} is not served here "
+                           "(routes: /v1/chat/completions, /v1/completions, /v1/models)",
+                           "invalid_request_error", "unknown_url")
+
+    async def models(self, request):
+        from starlette.responses import JSONResponse, Response
+
+        if self.config.models is not None:
+            data = [{"id": name, "object": "model", "created": 0, "owned_by": "llmprod"} for name in self.config.models]
+            return JSONResponse({"object": "list", "data": data})
+        answer = await self._call("GET", "/v1/models", None)
+        if answer.status != 200:
+            return from_engine(answer.status, answer.content).response()
+        return Response(answer.content, status_code=200, media_type=answer.content_type)
+
+    async def generate(self, route: str, request):
+        arrived = time.perf_counter()
+        status, streaming = 500, False
+        try:
+            body = await read_json(request, self.config.max_body_size)
+            context = await self._check_input(route, body)
+            if body.get("stream"):
+                response = await self._stream(route, body, context, arrived, request.state.request_id)
+                streaming = True  # the relay counts the request when the stream ends
+                return response
+            response = await self._complete(route, body, context, arrived)
+            status = response.status_code
+            return response
+        except GatewayError as exc:
+            status = exc.status
+            return exc.response()
+        except CheckUnavailable as exc:
+            error = guard_unavailable(exc)
+            status = error.status
+            return error.response()
+        finally:
+            if not streaming:
+                self.metrics.requests.labels(route, str(status)).inc()
+
+    async def _check_input(self, route: str, body: dict) -> str:
+        """Validate the request and run the input guardrails (redacting in place); the user turn an answer is
+        judged against."""
+        check_fields(body, self.config.models)
+        texts = input_texts(route, body)
+        if not self.state.up:
+            raise unavailable(f"the engine is not available: {self.state.reason}")
+        if self.guard is None or not self.guard.has_input_checks:
+            return texts.user_context()
+        if texts.opaque:
+            raise bad_request("token-id prompts cannot be checked by the input guardrails; send text")
+        decision = await self.guard.check_input(texts.values)
+        if decision.blocked:
+            raise GatewayError(400, "the request was blocked by the input guardrails (categories: "
+                               f"{', '.join(decision.categories)})", "invalid_request_error",
+                               "content_policy_violation")
+        if decision.texts != texts.values:
+            texts.write_back(decision.texts)
+        return texts.user_context()
+
+    # -- the engine -----------------------------------------------------------------------------------------
+    async def _call(self, method: str, path: str, payload: dict | None) -> Answer:
+        try:
+            return await self.upstream.call(method, path, payload)
+        except UpstreamError as exc:
+            raise upstream_failed(exc, self.state, self.config.request_timeout) from None
+
+    async def _complete(self, route: str, payload: dict, context: str, arrived: float):
+        from starlette.responses import JSONResponse
+
+        answer = await self._call("POST", PATHS[route], payload)
+        if answer.status != 200:
+            return from_engine(answer.status, answer.content).response()
+        try:
+            data = json.loads(answer.content)
+        except ValueError:
+            raise GatewayError(502, "the engine answered with something that is not JSON",
+                               "upstream_error", "bad_upstream_response") from None
+        self.metrics.count_usage(route, data.get("usage"))
+        if self.guard is not None and self.guard.has_output_checks:
+            await self._check_answer(route, data, context)
+        self.metrics.e2e.labels(route).observe(time.perf_counter() - arrived)
+        return JSONResponse(data)
+
+    async def _check_answer(self, route: str, data: dict, context: str) -> None:
+        """The output guardrails on each choice of a whole answer: redacted in place, or emptied with
+        finish_reason content_filter."""
+        key = "content" if route == "chat" else "text"
+        for choice in data.get("choices") or ():
+            holder = (choice.get("message") or {}) if route == "chat" else choice
+            text = holder.get(key)
+            if not isinstance(text, str) or not text:
+                continue
+            decision = await self.guard.check_output(text, context)
+            if decision.blocked:
+                holder[key] = ""
+                choice["finish_reason"] = "content_filter"
+            else:
+                holder[key] = decision.texts[0]
+
+    async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str):
+        from llmprod.serve.gateway.guarded import GuardedRelay
+        from llmprod.serve.gateway.relay import CancellingStream, StreamRelay
+
+        options = payload.get("stream_options")
+        client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        try:
+            response = await self.upstream.stream(PATHS[route], payload)
+        except UpstreamError as exc:
+            raise upstream_failed(exc, self.state, self.config.request_timeout) from None
+        if response.status != 200:
+            try:
+                content = await response.read()
+            finally:
+                response.release()
+            raise from_engine(response.status, content)
+        args = (self.metrics, route, response, client_wants_usage, arrived, request_id)
+        if self.guard is not None and self.guard.has_output_checks:
+            relay = GuardedRelay(*args, scanner=self.guard.output_stream(context))
+        else:
+            relay = StreamRelay(*args)
+        return CancellingStream(relay.run(), on_close=relay.close, media_type="text/event-stream",
+                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,113 @@
+"""What a generation request holds: its JSON body (bounded), the fields the gateway checks, and the texts the
+input guardrails see, with a way to write redacted versions back."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from llmprod.serve.gateway.errors import GatewayError, bad_request
+
+
+async def read_json(request, limit: int) -> dict:
+    """The body as a JSON object; 413 past `limit` bytes (declared or streamed), 400 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    too_large = GatewayError(413, f"the request body is larger than --max-body-size ({limit} bytes)",
+                             "invalid_request_error", "request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
+
+
+def check_fields(body: dict, models: dict[str, str] | None) -> None:
+    """`model` (mapped to the name the engine expects when the gateway knows its models), `stream`, `max_tokens`."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` is required (a string; GET /v1/models lists them)", "missing_model")
+    if models is not None:
+        if model not in models:
+            raise GatewayError(404, f"model {model!r} is not served here; available: {', '.join(models)}",
+                               "invalid_request_error", "model_not_found")
+        body["model"] = models[model]
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise bad_request("`stream` must be true or false")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise bad_request("`max_tokens` must be a positive integer")
+
+
+class InputTexts:
+    """The checkable texts of a request, and how to write redacted versions back."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self.roles: list[str] = []
+        self.opaque = False  # a prompt of token ids: nothing a text check can read
+        self._setters: list[Callable[[str], None]] = []
+
+    def add(self, text: str, role: str, setter: Callable[[str], None]) -> None:
+        self.values.append(text)
+        self.roles.append(role)
+        self._setters.append(setter)
+
+    def write_back(self, texts: list[str]) -> None:
+        for setter, old, new in zip(self._setters, self.values, texts):
+            if old != new:
+                setter(new)
+        self.values = list(texts)
+
+    def user_context(self) -> str:
+        """The last user turn: what an answer is judged against."""
+        users = [t for t, r in zip(self.values, self.roles) if r == "user"]
+        return users[-1] if users else ""
+
+
+def input_texts(route: str, body: dict) -> InputTexts:
+    """Validate the request's text fields and collect the ones the input checks see.
+
+    Chat: user and tool messages (the untrusted parts; the system prompt is the operator's and assistant
+    turns were checked on the way out). Completions: the prompt.
+    """
+    texts = InputTexts()
+    if route == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("`messages` must be a non-empty list of {role, content} objects", "invalid_messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise bad_request(f"messages[{i}] must be an object with a `role`", "invalid_messages")
+            role, content = message["role"], message.get("content")
+            if role not in ("user", "tool"):
+                continue
+            if isinstance(content, str):
+                texts.add(content, role, lambda new, m=message: m.__setitem__("content", new))
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                        texts.add(part["text"], role, lambda new, p=part: p.__setitem__("text", new))
+            elif content is not None:
+                raise bad_request(f"messages[{i}].content must be a string or a list of parts", "invalid_messages")
+        return texts
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        texts.add(prompt, "user", lambda new: body.__setitem__("prompt", new))
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        for i, item in enumerate(prompt):
+            texts.add(item, "user", lambda new, i=i: prompt.__setitem__(i, new))
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, (int, list)) for p in prompt):
+        texts.opaque = True  # token ids
+    else:
+        raise bad_request("`prompt` must be a string or a list of strings", "invalid_prompt")
+    return texts
