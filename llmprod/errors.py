@@ -15,7 +15,6 @@ or an operation failed, 2 bad input or usage (Typer's own usage errors exit 2 to
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 

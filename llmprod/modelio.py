@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmprod.errors import InputError, NotFoundError, OfflineError, require
+from llmprod.sources import hub_offline
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -36,9 +37,9 @@ class ModelRef:
         return str(self.local_dir) if self.local_dir is not None else self.name
 
 
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def is_hub_id(name: str) -> bool:
+    """Shaped like `org/name` (what the hub accepts), not a path."""
+    return not name.startswith((".", "/", "~")) and _HUB_ID.match(name) is not None
 
 
 def resolve_model(name: str, revision: str | None = None) -> ModelRef:
@@ -52,7 +53,7 @@ def resolve_model(name: str, revision: str | None = None) -> ModelRef:
             raise NotFoundError(f"{name} has no config.json, so it is not a Hugging Face model directory",
                                 hint="point at the directory that save_pretrained wrote")
         return ModelRef(name=name, local_dir=path.resolve(), revision=None)
-    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+    if not is_hub_id(name):
         raise NotFoundError(f"model {name!r} not found: no such directory, and not a hub id (org/name)",
                             hint="check the path, or give a hub id such as meta-llama/Llama-3.2-1B-Instruct")
     return ModelRef(name=name, local_dir=None, revision=revision)

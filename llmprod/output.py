@@ -33,9 +33,8 @@ def _jsonable(value: Any) -> Any:
 
 
 class Output:
-    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+    def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
-        self.quiet = quiet
         self._emitted = False
         self._stdout: Console | None = None
         self._stderr: Console | None = None
@@ -59,13 +58,11 @@ class Output:
 
     # -- messages (stderr) -------------------------------------------------------------------------
     def info(self, message: str) -> None:
-        if not self.quiet:
-            self.stderr.print(message, markup=False)
+        self.stderr.print(message, markup=False)
 
     def note(self, message: str) -> None:
         """A dimmed side remark (how something was estimated, what was chosen and why)."""
-        if not self.quiet:
-            self.stderr.print(f"[dim]{_escape(message)}[/dim]")
+        self.stderr.print(f"[dim]{_escape(message)}[/dim]")
 
     def warn(self, message: str) -> None:
         self.stderr.print(f"[yellow]warning:[/yellow] {_escape(message)}")
@@ -108,7 +105,7 @@ class Output:
 
         cols = columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn())
-        disable = self.json_mode or self.quiet
+        disable = self.json_mode
         with Progress(*cols, console=self.stderr, transient=transient, disable=disable) as progress:
             yield progress
 

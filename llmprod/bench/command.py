@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llmprod.bench.client import Target, normalize_base_url
 from llmprod.bench.prompts import file_prompts, load_tokenizer, synthetic_prompts
@@ -88,7 +88,8 @@ def plan_requests(levels: list[int], requests: int | None) -> int:
     return max(requests or max(16, 4 * c) for c in levels)
 
 
-def run(o: BenchOptions, out: Output) -> None:
+def run(o: BenchOptions, out: Output, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Measure every level, then `emit(result)` (measured so far, on Ctrl-C), then refuse what failed."""
     require("aiohttp", "bench")
     plan = build_plan(o, out)
     state = BenchState()
@@ -119,7 +120,7 @@ def run(o: BenchOptions, out: Output) -> None:
 
         plot_levels(levels, o.plot, f"{o.model} at {plan.target.base_url}")
         result["plot"] = str(o.plot)
-    out.result(result, lambda console: _render(console, result))
+    emit(result)
     if interrupted:
         raise KeyboardInterrupt
     failed = [lv for lv in levels if lv["requests"] == 0 and lv["errors"] > 0]
@@ -127,30 +128,3 @@ def run(o: BenchOptions, out: Output) -> None:
         lv = failed[0]
         raise CheckFailed(f"every request failed at concurrency {lv['concurrency']}: "
                           f"{(lv.get('error_messages') or ['?'])[0]}", hint="see the server's log")
-
-
-def _render(console, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    def fmt(v):
-        return "–" if v is None else f"{v:,.1f}"
-
-    for lv in result["levels"]:
-        title = (f"concurrency {lv['concurrency']}: {lv['requests']} requests, {lv['errors']} errors, "
-                 f"{lv['output_tokens_per_s']:,.1f} output tokens/s, {lv['requests_per_s']:,.2f} requests/s")
-        if "goodput_requests_per_s" in lv:
-            title += f", goodput {lv['goodput_requests_per_s']:,.2f} req/s ({lv['goodput_fraction']:.0%})"
-        if lv.get("interrupted"):
-            title += " (interrupted)"
-        table = Table(title=title, title_justify="left")
-        for col in ("ms", "p50", "p90", "p99", "mean"):
-            table.add_column(col, justify="right" if col != "ms" else "left")
-        for label, key in (("time to first token", "ttft_ms"), ("time per output token", "tpot_ms"),
-                           ("inter-token latency", "itl_ms"), ("end to end", "e2e_ms")):
-            stats = lv[key]
-            table.add_row(label, *(fmt(stats[k]) for k in ("p50", "p90", "p99", "mean")))
-        console.print(table)
-        if not lv["usage_reported"] and lv["requests"]:
-            console.print("[dim]the server reported no usage: output tokens counted as text chunks[/dim]")
-    if result.get("plot"):
-        console.print(f"plot: {result['plot']}")

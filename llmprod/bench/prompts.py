@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmprod.errors import InputError, NotFoundError
-from llmprod.jsonl import read_jsonl
+from llmprod import sources
+from llmprod.errors import InputError
 
 # Common English words: synthetic prompts read as text, so tokenizers split them typically.
 _WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
@@ -43,7 +43,8 @@ def load_tokenizer(model: str):
     A served name is often neither (vLLM's --served-model-name): then nothing is imported or fetched.
     """
     from llmprod.errors import LlmprodError
-    from llmprod.modelio import hub_offline, resolve_model
+    from llmprod.modelio import resolve_model
+    from llmprod.sources import hub_offline
 
     try:
         ref = resolve_model(model)
@@ -84,21 +85,13 @@ def synthetic_prompts(count: int, input_tokens: int, tokenizer=None, seed: int =
 
 
 def file_prompts(path: Path) -> list[Prompt]:
-    if not path.is_file():
-        raise NotFoundError(f"no prompt file {path}", hint="give a .txt (one prompt per line) or .jsonl file")
+    """One prompt per line of a .txt file, or a `prompt` / `text` string or chat `messages` per .jsonl record."""
+    path = sources.local_file(str(path), "prompts", (".txt", ".jsonl"))
     if path.suffix == ".txt":
-        prompts = [Prompt(text=line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".jsonl":
-        prompts = []
-        for lineno, row in read_jsonl(path):
-            if isinstance(row, dict) and isinstance(row.get("messages"), list):
-                prompts.append(Prompt(messages=row["messages"]))
-            elif isinstance(row, dict) and isinstance(row.get("prompt") or row.get("text"), str):
-                prompts.append(Prompt(text=row.get("prompt") or row.get("text")))
-            else:
-                raise InputError(f"{path}:{lineno}: needs a 'prompt' or 'text' string, or a 'messages' list")
+        prompts = [Prompt(text=line) for line in sources.read_lines(path)]
     else:
-        raise InputError(f"cannot read {path.suffix or 'extension-less'} prompt files", hint="use .txt or .jsonl")
+        prompts = [Prompt(messages=value) if field == "messages" else Prompt(text=value)
+                   for field, value in sources.read_records(path, {"messages": list, "prompt": str, "text": str})]
     if not prompts:
-        raise InputError(f"{path} holds no prompts")
+        raise InputError(f"{path} holds no prompts", hint="one prompt per line (.txt) or per record (.jsonl)")
     return prompts

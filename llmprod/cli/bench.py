@@ -46,4 +46,32 @@ def bench(
                                input_tokens=input_tokens, output_tokens=output_tokens, dataset=dataset,
                                endpoint=endpoint.value, api_key=api_key,
                                plot=plot, goodput=goodput, ignore_eos=ignore_eos, seed=seed)
-        run(options, out)
+        run(options, out, emit=lambda result: out.result(result, render=lambda console: _render(console, result)))
+
+
+def _render(console, result: dict) -> None:
+    from rich.table import Table
+
+    def fmt(v):
+        return "–" if v is None else f"{v:,.1f}"
+
+    for lv in result["levels"]:
+        title = (f"concurrency {lv['concurrency']}: {lv['requests']} requests, {lv['errors']} errors, "
+                 f"{lv['output_tokens_per_s']:,.1f} output tokens/s, {lv['requests_per_s']:,.2f} requests/s")
+        if "goodput_requests_per_s" in lv:
+            title += f", goodput {lv['goodput_requests_per_s']:,.2f} req/s ({lv['goodput_fraction']:.0%})"
+        if lv.get("interrupted"):
+            title += " (interrupted)"
+        table = Table(title=title, title_justify="left")
+        for col in ("ms", "p50", "p90", "p99", "mean"):
+            table.add_column(col, justify="right" if col != "ms" else "left")
+        for label, key in (("time to first token", "ttft_ms"), ("time per output token", "tpot_ms"),
+                           ("inter-token latency", "itl_ms"), ("end to end", "e2e_ms")):
+            stats = lv[key]
+            table.add_row(label, *(fmt(stats[k]) for k in ("p50", "p90", "p99", "mean")))
+        console.print(table)
+        if not lv["usage_reported"] and lv["requests"]:
+            console.print("[dim]the server reported no usage: output tokens counted as text chunks[/dim]")
+    if result.get("plot"):
+        console.print(f"plot: {result['plot']}")
+

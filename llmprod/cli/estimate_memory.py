@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import JsonOpt
+from llmprod.cli.options import JsonOpt, RevisionOpt
 
 EXAMPLE = ("Example: [bold]llmprod estimate-memory meta-llama/Llama-3.1-8B-Instruct --weights w4a16 --gpu L4 "
            "--context 8192[/bold]")
@@ -28,6 +28,7 @@ def estimate_memory(
     pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
     block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")] = 16,
     max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="vLLM's scheduler token budget per step.")] = 8192,
+    revision: RevisionOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate GPU memory (weights + KV cache + overhead) as vLLM would allocate it."""
@@ -43,7 +44,7 @@ def estimate_memory(
             gpu_memory_bytes=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None,
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=parse_size(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory else None,
-            tp=tp, pp=pp, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens,
+            tp=tp, pp=pp, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens, revision=revision,
         )
         result = estimate(spec)
         out.result(result, lambda console: _render(console, result))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.cli.exits import command_output
-from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg
+from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, RevisionOpt
 from llmprod.errors import CheckFailed, InputError
 
 EXAMPLE = ("Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct "
@@ -29,6 +29,7 @@ def perplexity(
         Optional[float],
         typer.Option("--max-increase", help="With --baseline: exit 1 when (ppl - base) / base exceeds this, e.g. 0.05."),
     ] = None,
+    revision: RevisionOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Measure perplexity, optionally against a baseline, and gate on the increase."""
@@ -38,8 +39,8 @@ def perplexity(
         if max_increase is not None and (baseline is None or not math.isfinite(max_increase)):
             raise InputError("--max-increase needs --baseline and a finite fraction",
                              hint="e.g. --baseline ORIGINAL_MODEL --max-increase 0.05 for a 5% limit")
-        specs = [PerplexitySpec(m, dataset, seq_len, stride, max_tokens, batch_size, device.value, dtype)
-                 for m in [model] + ([baseline] if baseline else [])]
+        specs = [PerplexitySpec(m, dataset, seq_len, stride, max_tokens, batch_size, device.value, dtype, r)
+                 for m, r in [(model, revision)] + ([(baseline, None)] if baseline else [])]
         for spec in specs:
             spec.validate()
         results = []

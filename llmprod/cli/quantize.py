@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.cli.exits import command_output
-from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, RecipeOpt, SeedOpt, VerboseOpt
+from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, RecipeOpt, RevisionOpt, SeedOpt, VerboseOpt
 
 EXAMPLE = "Example: [bold]llmprod quantize meta-llama/Llama-3.2-1B-Instruct --method awq --output llama-awq[/bold]"
 
@@ -44,6 +44,7 @@ def quantize(
         typer.Option("--ignore", help="Layers left unquantized (repeatable; 're:' for a regex). Default lm_head."),
     ] = None,
     device: DeviceOpt = Device.auto,
+    revision: RevisionOpt = None,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Then measure perplexity against the original.")] = False,
@@ -60,7 +61,8 @@ def quantize(
         spec = build_spec(model=model, output=output, method=method and method.value, bits=bits,
                           group_size=group_size, symmetric=symmetric, ignore=ignore, recipe=recipe,
                           format=format.value, dataset=dataset, num_samples=num_samples, seq_len=seq_len,
-                          device=device.value, seed=seed, overwrite=overwrite, verbose=verbose)
+                          device=device.value, seed=seed, overwrite=overwrite, verbose=verbose,
+                          revision=revision)
         with out.progress() as progress:
             task = progress.add_task("preparing", total=None)
 

@@ -22,6 +22,7 @@ class PerplexitySpec:
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # of a hub model
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -37,7 +38,7 @@ def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = No
     import torch
 
     spec.validate()
-    ref = resolve_model(spec.model)
+    ref = resolve_model(spec.model, spec.revision)
     text = load_eval_text(spec.dataset)  # before the model: a bad file fails in milliseconds
     with library_output(False, "load"):
         tokenizer = load_tokenizer(ref)

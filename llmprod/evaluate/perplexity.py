@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 from llmprod.errors import InputError
@@ -87,12 +87,9 @@ class PerplexityResult:
     device: str
     dtype: str
     peak_gpu_memory_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(data.pop("extra"))
-        return data
+        return asdict(self)
 
 
 ProgressFn = Callable[[int, int], None]

@@ -6,9 +6,9 @@ import asyncio
 import statistics
 import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
-from llmprod.errors import InputError, NotFoundError, OperationFailed
+from llmprod import sources
+from llmprod.errors import InputError, OperationFailed
 from llmprod.guardrails.guard import PolicyGuard
 from llmprod.guardrails.policy import load_policy
 from llmprod.guardrails.registry import CHECK_TYPES
@@ -17,28 +17,13 @@ from llmprod.output import Output
 
 
 def read_texts(source: str) -> list[str]:
+    """One text per line of a .txt file or of stdin (`-`), or the `text` field of each .jsonl record."""
     if source == "-":
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise NotFoundError(f"no file {source}", hint="give a .txt (one text per line) or .jsonl (a `text` field)")
+    path = sources.local_file(source, "texts to scan", (".txt", "", ".jsonl"))
     if path.suffix == ".jsonl":
-        from llmprod.jsonl import read_jsonl
-
-        texts = []
-        for line_no, record in read_jsonl(path):
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise InputError(f"{path} line {line_no}: no string `text` field",
-                                 hint='each line must be an object like {"text": "..."}')
-            texts.append(text)
-        return texts
-    if path.suffix not in (".txt", ""):
-        raise InputError(f"{path}: unsupported file type {path.suffix}", hint="use .txt or .jsonl")
-    try:
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text ({exc.reason})", hint="convert it to UTF-8") from None
+        return [text for _, text in sources.read_records(path, {"text": str})]
+    return sources.read_lines(path)
 
 
 class CheckLatencies:

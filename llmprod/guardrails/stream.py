@@ -286,9 +286,8 @@ class OutputScanner:
             return step
         if self.tokens - self.tokens_at_last_model_check >= self.every_tokens:
             self.tokens_at_last_model_check = self.tokens
-            blocked = await self._model_block()
-            if blocked:
-                return StreamStep("", blocked=True, categories=blocked)
+            if await self._model_block():
+                return StreamStep("", blocked=True)
         return step
 
     async def finish(self) -> StreamStep:
@@ -302,9 +301,8 @@ class OutputScanner:
         step = self._release(final=True)
         if step.blocked or not self.model_checks:
             return step
-        blocked = await self._model_block()
-        if blocked:
-            return StreamStep("", blocked=True, categories=blocked)
+        if await self._model_block():
+            return StreamStep("", blocked=True)
         return step
 
     def _release(self, final: bool) -> StreamStep:
@@ -333,7 +331,7 @@ class OutputScanner:
             emit = self._redacted(text[ctx:safe_end], [f for f in findings if f.end <= safe_end], ctx)
             self.pending = ""
             self._count(findings)
-            return StreamStep(emit, blocked=True, categories=tuple(sorted({f.category for f in block})))
+            return StreamStep(emit, blocked=True)
         for f in sorted(findings, key=lambda f: f.start):
             if f.start < boundary < f.end and f.action != "flag":  # a flag changes no text: nothing to hold
                 boundary = f.start
@@ -359,14 +357,11 @@ class OutputScanner:
         for f in findings:
             self.guard.observer.finding("output", f)
 
-    async def _model_block(self) -> tuple[str, ...]:
-        """The model checks on everything received so far; the categories that block, if any. A check that
-        fails raises CheckUnavailable: the relay ends the stream with an error rather than pass it."""
+    async def _model_block(self) -> bool:
+        """The model checks on everything received so far: whether they block. A check that fails raises
+        CheckUnavailable: the relay ends the stream with an error rather than pass it."""
         text = "".join(self.received_parts)
         findings = await self.guard.run_models("output", [text], self.context, self.timings)
         self._count(findings)
-        block = [f for f in findings if f.action == "block"]
-        if block:
-            self.blocked = True
-            return tuple(sorted({f.category for f in block}))
-        return ()
+        self.blocked = any(f.action == "block" for f in findings)
+        return self.blocked

@@ -56,7 +56,6 @@ class Decision:
 class StreamStep:
     text: str  # what may be sent to the client now
     blocked: bool = False
-    categories: tuple[str, ...] = ()
     verbatim: bool = False  # `text` is exactly what this feed received: nothing held, nothing rewritten
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmprod.errors import ConfigError, NotFoundError, OfflineError
+from llmprod.modelio import is_hub_id
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
 _UNSIZABLE = ("mamba", "linear_attention", "conv", "recurrent", "ssm", "gated_delta")
@@ -51,7 +52,7 @@ class ModelShape:
         return self.mla_latent is not None
 
 
-def load_config(model: str) -> tuple[dict[str, Any], Path | None]:
+def load_config(model: str, revision: str | None = None) -> tuple[dict[str, Any], Path | None]:
     """config.json as a dict, and the directory it lives in (for safetensors headers) if local."""
     path = Path(model).expanduser()
     if path.is_file():
@@ -60,13 +61,13 @@ def load_config(model: str) -> tuple[dict[str, Any], Path | None]:
         if not (path / "config.json").is_file():
             raise NotFoundError(f"{model} has no config.json", hint="point at a model directory or its config.json")
         return _read_json(path / "config.json"), path
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if not is_hub_id(model):
         raise NotFoundError(f"no such file or directory: {model}",
                             hint="give a model directory, a config.json, or a hub id such as org/name")
     try:
         from huggingface_hub import hf_hub_download
 
-        return _read_json(Path(hf_hub_download(model, "config.json"))), None
+        return _read_json(Path(hf_hub_download(model, "config.json", revision=revision))), None
     except Exception as exc:  # offline with nothing cached, gated, or missing
         raise OfflineError(f"cannot get config.json of {model!r} from the hub or its cache: "
                            f"{str(exc).splitlines()[0][:200]}",

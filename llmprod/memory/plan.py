@@ -40,6 +40,7 @@ class MemorySpec:
     pp: int = 1
     block_size: int = 16
     max_num_batched_tokens: int = 8192
+    revision: str | None = None  # of a hub model
 
     def validate(self) -> None:
         for name, value in (("--context", self.context), ("--batch", self.batch), ("--tp", self.tp),
@@ -61,7 +62,7 @@ class MemorySpec:
 
 def estimate(spec: MemorySpec) -> dict[str, Any]:
     spec.validate()
-    config, directory = load_config(spec.model)
+    config, directory = load_config(spec.model, spec.revision)
     shape = model_shape(config)
     limit = shape.max_position_embeddings or spec.context
     if spec.context > limit:

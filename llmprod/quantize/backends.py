@@ -12,12 +12,13 @@ output directory, manifest, reload check) is the backends' common ground in `run
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 from llmprod import interrupts
-from llmprod.errors import require
+from llmprod.errors import ConfigError, require
 from llmprod.quantize.calibration import CalibrationSet
 from llmprod.quantize.spec import QuantizeSpec
 
@@ -35,10 +36,20 @@ class QuantizeJob:
 
 
 class QuantizationBackend(Protocol):
+    """One way of writing a checkpoint (`--format`): what the runner asks of it, and nothing else."""
+
     name: str
     library: str  # the distribution whose version goes into llmprod.json
+    uses_llmcompressor: bool  # its logs go through llm-compressor's logger (kept off stderr unless --verbose)
+    serves_as: str  # what the model card says about the format and how vLLM serves it
+
+    def validate(self, recipe: dict) -> None:
+        """Refuse a recipe the library would refuse, before anything is loaded or written."""
 
     def run(self, job: QuantizeJob) -> None: ...
+
+    def record(self, spec: QuantizeSpec, workdir: Path) -> str:
+        """What goes into the checkpoint's recipe.yaml: how these weights were made."""
 
 
 def _track_layers(model, on_layer: LayerProgress | None) -> list:
@@ -66,6 +77,24 @@ def _track_layers(model, on_layer: LayerProgress | None) -> list:
 class LlmCompressorBackend:
     name = "compressed-tensors"
     library = "llmcompressor"
+    uses_llmcompressor = True
+    serves_as = ("compressed-tensors (pack-quantized); vLLM detects it from config.json and serves it with its "
+                 "Marlin/Machete kernels")
+
+    def validate(self, recipe: dict) -> None:
+        """The library's own whole-recipe validation (AWQ needs a quantizer after it)."""
+        from llmcompressor.recipe import Recipe
+
+        try:
+            Recipe.from_dict(recipe)
+        except Exception as exc:  # pydantic ValidationError or ValueError from the modifiers
+            raise ConfigError(f"llm-compressor rejects the recipe: {' '.join(str(exc).split())[:300]}",
+                              hint="check the modifier arguments in your --recipe") from exc
+
+    def record(self, spec: QuantizeSpec, workdir: Path) -> str:
+        from llmprod.quantize.recipes import recipe_yaml
+
+        return recipe_yaml(spec)
 
     def run(self, job: QuantizeJob) -> None:
         transformers = require("transformers", "model")
@@ -109,6 +138,20 @@ class LlmCompressorBackend:
 class AutoAWQBackend:
     name = "awq"
     library = "autoawq"
+    uses_llmcompressor = False
+    serves_as = "AWQ GEMM (legacy AutoAWQ format); vLLM serves it with awq_marlin"
+
+    def validate(self, recipe: dict) -> None:
+        pass  # the settings are checked by QuantizeSpec.validate: AutoAWQ takes no recipe
+
+    def record(self, spec: QuantizeSpec, workdir: Path) -> str:
+        import yaml
+
+        qc = json.loads((workdir / "config.json").read_text()).get("quantization_config", {})
+        return ("# Written by llmprod: AutoAWQ (legacy AWQ GEMM format) made this checkpoint with these settings.\n"
+                + yaml.safe_dump({"autoawq": {"quant_config": qc, "calibration": {"num_samples": spec.num_samples,
+                                                                                   "seq_len": spec.seq_len}}},
+                                 sort_keys=False))
 
     def run(self, job: QuantizeJob) -> None:
         require("awq", "quantize")

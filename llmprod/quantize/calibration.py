@@ -13,11 +13,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from llmprod.errors import InputError, NotFoundError, OfflineError, require
-from llmprod.jsonl import read_jsonl
-from llmprod.modelio import hub_offline
+from llmprod import sources
+from llmprod.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -56,20 +55,16 @@ class CalibrationSet:
                 "fingerprint": self.fingerprint}
 
 
+WHAT = "calibration data"
+KINDS = (".txt", ".jsonl", ".parquet")
+
+
 def check_source(source: str) -> None:
     """Fail fast (before loading any model) on a source that cannot work."""
     if source in NAMED:
-        if hub_offline():
-            raise OfflineError(f"the named dataset {source!r} needs the Hugging Face hub, which is offline here",
-                               hint="pass a local .txt, .jsonl or .parquet file with --dataset instead")
-        return
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise NotFoundError(f"no calibration file {source}",
-                            hint=f"give a .txt, .jsonl or .parquet file, or one of: {', '.join(NAMED)}")
-    if path.suffix not in {".txt", ".jsonl", ".parquet"}:
-        raise InputError(f"cannot read {path.suffix or 'extension-less'} files as calibration data",
-                         hint="use .txt, .jsonl or .parquet")
+        sources.check_named(source, WHAT, KINDS)
+    else:
+        sources.local_file(source, WHAT, KINDS, NAMED)
 
 
 def load_calibration(source: str, tokenizer, num_samples: int, seq_len: int, seed: int) -> CalibrationSet:
@@ -112,34 +107,20 @@ def _encode(record: Any, kind: str, tokenizer) -> list[int]:
 
 def _file_records(path: Path) -> tuple[str, list[Any]]:
     if path.suffix == ".txt":
-        return "joined", [path.read_text(encoding="utf-8")]
-    if path.suffix == ".jsonl":
-        return _records_from_rows([row for _, row in read_jsonl(path)], str(path))
-    pq = require("pyarrow.parquet", "quantize")
-    return _records_from_rows(pq.read_table(path).to_pylist(), str(path))
-
-
-def _records_from_rows(rows: Iterable[dict], where: str) -> tuple[str, list[Any]]:
-    rows = list(rows)
-    if rows and all(isinstance(r, dict) and isinstance(r.get("messages"), list) for r in rows):
-        return "messages", [r["messages"] for r in rows]
-    if rows and all(isinstance(r, dict) and isinstance(r.get("text"), str) for r in rows):
-        return "text", [r["text"] for r in rows]
-    raise InputError(f"{where}: every record needs a string 'text' field or a 'messages' list",
-                     hint='e.g. {"text": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
+        return "joined", [sources.read_text(path)]
+    records = sources.read_records(path, {"messages": list, "text": str})
+    kinds = {field for field, _ in records}
+    if len(kinds) > 1:
+        raise InputError(f"{path}: some records have 'text' and some 'messages'", hint="give one kind of record")
+    return ("messages" if kinds == {"messages"} else "text"), [value for _, value in records]
 
 
 def _named_records(name: str, spec: NamedCalibration, num_samples: int, seed: int) -> tuple[str, list[Any]]:
-    datasets = require("datasets", "quantize")
-    try:
-        if spec.path == "allenai/c4":  # one shard, as GPTQ's code does: the full C4 is 300 GB
-            data = datasets.load_dataset(spec.path, data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
-                                         split="train")
-        else:
-            data = datasets.load_dataset(spec.path, spec.config, split=spec.split)
-    except Exception as exc:  # datasets raises many types for "no network"
-        raise OfflineError(f"cannot load the named dataset {name!r}: {str(exc).splitlines()[0]}",
-                           hint="check the network, or pass a local .txt, .jsonl or .parquet file") from exc
+    if spec.path == "allenai/c4":  # one shard, as GPTQ's code does: the full C4 is 300 GB
+        data = sources.load_named(name, WHAT, KINDS, spec.path, data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
+                                  split="train")
+    else:
+        data = sources.load_named(name, WHAT, KINDS, spec.path, spec.config, split=spec.split)
     if spec.kind != "joined":
         # Rows are drawn by seed first: tokenizing a whole 200k-row set to keep 256 would waste minutes.
         data = data.shuffle(seed=seed).select(range(min(len(data), num_samples * 4)))

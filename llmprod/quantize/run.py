@@ -20,15 +20,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from llmprod import __version__
-from llmprod import interrupts
+from llmprod import __version__, interrupts
 from llmprod.errors import InputError, LlmprodError, OfflineError, OperationFailed, require
-from llmprod.modelio import ModelRef, hub_offline, resolve_model
+from llmprod.libraryoutput import library_output
+from llmprod.modelio import ModelRef, resolve_model
 from llmprod.quantize import calibration
 from llmprod.quantize.backends import BACKENDS, QuantizeJob
-from llmprod.libraryoutput import library_output
-from llmprod.quantize.recipes import recipe_dict, recipe_yaml
+from llmprod.quantize.recipes import recipe_dict
 from llmprod.quantize.spec import VLLM_GROUP_SIZES, QuantizeSpec, check_group_size
+from llmprod.sources import hub_offline
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 TMP_MARKER = ".llmprod-tmp-"
@@ -124,9 +124,10 @@ def quantize(spec: QuantizeSpec, hooks: QuantizeHooks | None = None) -> dict[str
     spec.validate()
     check_output(spec)
     calibration.check_source(spec.dataset)
-    ref = resolve_model(spec.model)
+    ref = resolve_model(spec.model, spec.revision)
     device = _pick_device(spec.device)
-    with library_output(spec.verbose, "quantize", llmcompressor=spec.format == "compressed-tensors") as log:
+    backend = BACKENDS[spec.format]
+    with library_output(spec.verbose, "quantize", llmcompressor=backend.uses_llmcompressor) as log:
         try:
             hooks.stage("checking the model and the recipe")
             source_dir, revision = source_directory(ref)
@@ -135,9 +136,7 @@ def quantize(spec: QuantizeSpec, hooks: QuantizeHooks | None = None) -> dict[str
                 hooks.warn(f"group size {spec.settings.group_size} is valid, but vLLM's Marlin kernels serve "
                            f"only {', '.join(map(str, VLLM_GROUP_SIZES))}")
             recipe = recipe_dict(spec)
-            backend = BACKENDS[spec.format]
-            if backend.name == "compressed-tensors":
-                _validate_with_llmcompressor(recipe)
+            backend.validate(recipe)
             return _quantize(spec, hooks, backend, recipe, source_dir, revision, device, started)
         except (KeyboardInterrupt, LlmprodError):
             raise
@@ -174,8 +173,7 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         gc.collect()  # the backend's model is garbage now: free it before the reload check
         peak_gpu = torch.cuda.max_memory_allocated() if device == "cuda" else None
         peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-        (workdir / "recipe.yaml").write_text(recipe_yaml(spec) if backend.name == "compressed-tensors"
-                                             else _autoawq_record(spec, workdir))
+        (workdir / "recipe.yaml").write_text(backend.record(spec, workdir))
         hooks.stage("reloading the checkpoint with transformers")
         t0 = time.perf_counter()
         check = reload_check(workdir)
@@ -216,29 +214,6 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _validate_with_llmcompressor(recipe: dict) -> None:
-    """The library's own whole-recipe validation, once, before any work (AWQ needs a quantizer after it)."""
-    from llmcompressor.recipe import Recipe
-
-    from llmprod.errors import ConfigError
-
-    try:
-        Recipe.from_dict(recipe)
-    except Exception as exc:  # pydantic ValidationError or ValueError from the modifiers
-        raise ConfigError(f"llm-compressor rejects the recipe: {' '.join(str(exc).split())[:300]}",
-                          hint="check the modifier arguments in your --recipe") from exc
-
-
-def _autoawq_record(spec: QuantizeSpec, workdir: Path) -> str:
-    import yaml
-
-    qc = json.loads((workdir / "config.json").read_text()).get("quantization_config", {})
-    return ("# Written by llmprod: AutoAWQ (legacy AWQ GEMM format) made this checkpoint with these settings.\n"
-            + yaml.safe_dump({"autoawq": {"quant_config": qc, "calibration": {"num_samples": spec.num_samples,
-                                                                               "seq_len": spec.seq_len}}},
-                             sort_keys=False))
-
-
 def reload_check(path: Path) -> dict[str, Any]:
     """Load the written checkpoint as a user would and run one forward pass: logits must be finite."""
     import torch
@@ -277,9 +252,7 @@ def _replace_output(workdir: Path, output: Path) -> None:
 def model_card(spec: QuantizeSpec, manifest: dict[str, Any]) -> str:
     s = spec.settings
     name = spec.output.name
-    fmt = ("compressed-tensors (pack-quantized); vLLM detects it from config.json and serves it with its "
-           "Marlin/Machete kernels" if spec.format == "compressed-tensors"
-           else "AWQ GEMM (legacy AutoAWQ format); vLLM serves it with awq_marlin")
+    fmt = BACKENDS[spec.format].serves_as
     return f"""# {name}
 
 {s.method.upper()} {spec.scheme_name()} quantization of `{spec.model}`, made with llmprod.

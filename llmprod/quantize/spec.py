@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class QuantizeSpec:
     model: str
     output: Path
     settings: QuantizeSettings
+    revision: str | None = None  # of a hub model
     format: str = "compressed-tensors"
     dataset: str = "pile-val"
     num_samples: int = 256
@@ -73,7 +74,6 @@ class QuantizeSpec:
     overwrite: bool = False
     recipe_path: Path | None = None
     verbose: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         s = self.settings

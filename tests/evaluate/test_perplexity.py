@@ -140,7 +140,7 @@ def test_empty_text(cli, tiny_model_dir, tmp_path):
 
 def test_bad_jsonl_names_the_line(cli, tiny_model_dir, tmp_path):
     (tmp_path / "t.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
-    assert "t.jsonl:2" in _bad(cli, tiny_model_dir, "--dataset", tmp_path / "t.jsonl")
+    assert "t.jsonl line 2" in _bad(cli, tiny_model_dir, "--dataset", tmp_path / "t.jsonl")
 
 
 def test_seq_len_longer_than_the_model_context(cli, tiny_model_dir, eval_text_file):
@@ -155,7 +155,7 @@ def test_text_shorter_than_one_window(cli, tiny_model_dir, tmp_path):
 
 def test_named_dataset_while_offline_suggests_a_local_file(cli, tiny_model_dir):
     err = _bad(cli, tiny_model_dir, "--dataset", "wikitext2")
-    assert "offline" in err and "local .txt or .jsonl" in err
+    assert "offline" in err and "local .txt, .jsonl or .md file" in err
 
 
 def test_missing_model(cli, tmp_path, eval_text_file):

@@ -77,7 +77,7 @@ def test_scan_txt_and_jsonl_json_shape(cli, tmp_path):
 
 
 @pytest.mark.parametrize("content,words", [
-    ('{"prompt": "x"}\n', "no string `text` field"), ("{oops\n", "not valid JSON"), ("", "has no texts"),
+    ('{"prompt": "x"}\n', "line 1: needs a string 'text' field"), ("{oops\n", "not valid JSON"), ("", "has no texts"),
 ])
 def test_scan_bad_files_are_exit_2(cli, tmp_path, content, words):
     path = tmp_path / "bad.jsonl"
