@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -22,21 +23,26 @@ def estimate_memory(
     kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="auto (the model's dtype), bf16, fp16 or fp8.")] = "auto",
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, RTX4090, RTX3090, B200, MI300X.")] = None,
     gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory instead of --gpu: 80GiB, 80GB, 81920MiB.")] = None,
-    gpu_memory_utilization: Annotated[float, typer.Option("--gpu-memory-utilization", help="Share of the GPU vLLM may use.")] = 0.9,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="Share of the GPU vLLM may use [default: the vLLM release's].", show_default=False)] = None,
     kv_cache_memory: Annotated[Optional[str], typer.Option("--kv-cache-memory", help="KV cache budget per GPU, as vLLM's flag (skips the GPU arithmetic).")] = None,
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
     block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")] = 16,
     max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="vLLM's scheduler token budget per step.")] = 8192,
     revision: RevisionOpt = None,
+    vllm_version: Annotated[Optional[str], typer.Option("--vllm-version", help="Plan with this vLLM release's defaults [default: the vLLM on PATH or --vllm-bin, else the newest llmprod knows].", show_default=False)] = None,
+    vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The vLLM whose release decides the defaults.")] = None,
+    vllm_log: Annotated[Optional[Path], typer.Option("--vllm-log", help="A `vllm serve` output: plan with its settings and set each figure beside vLLM's.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Estimate GPU memory (weights + KV cache + overhead) as vLLM would allocate it."""
     from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
-        from llmprod.memory.plan import MemorySpec, estimate
+        from llmprod.memory.plan import MemorySpec, estimate, which_vllm
         from llmprod.memory.sizes import parse_size
+
+        version, version_from = which_vllm(vllm_version, vllm_bin) if vllm_log is None else (vllm_version, "")
 
         spec = MemorySpec(
             model=model, context=context, batch=batch, weights=weights, group_size=group_size,
@@ -45,8 +51,14 @@ def estimate_memory(
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=parse_size(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory else None,
             tp=tp, pp=pp, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens, revision=revision,
+            **({"vllm_version": version, "vllm_version_from": version_from} if version else {}),
         )
-        result = estimate(spec)
+        if vllm_log is not None:
+            from llmprod.memory.versus import estimate_against_log
+
+            result = estimate_against_log(spec, vllm_log)
+        else:
+            result = estimate(spec)
         out.result(result, lambda console: _render(console, result))
 
 
@@ -58,6 +70,10 @@ def _render(console, r: dict) -> None:
     layers = ", ".join(f"{n} × {k}" for k, n in r["layer_types"].items())
     console.print(f"[bold]{r['model']}[/bold] ({r['model_type']}, {r['layers']} layers: {layers}); "
                   f"tp {r['tp']}, pp {r['pp']} (layers per stage {r['layers_per_stage']})")
+    v = r["vllm"]
+    console.print(f"as vLLM {v['version']} would allocate it ({v['from']}); served in {v['dtype']}")
+    if v["note"]:
+        console.print(v["note"], style="yellow")
     budget = Table(title="memory per GPU", title_justify="left", show_header=False)
     budget.add_column()
     budget.add_column(justify="right")
@@ -86,3 +102,26 @@ def _render(console, r: dict) -> None:
     for w in r.get("what_if", []):
         console.print(f"  what if {w['change']}: {w['kv_cache_tokens']:,} tokens, concurrency "
                       f"{w['max_concurrency']:.2f}x, longest context {w['max_context']:,}")
+    if "vs_vllm" in r:
+        _render_versus(console, r["vs_vllm"])
+
+
+def _render_versus(console, v: dict) -> None:
+    from rich.table import Table
+
+    from llmprod.output import format_bytes
+
+    s = v["settings"]
+    table = Table(title=f"beside vLLM {s['vllm']}'s start-up lines ({v['log']}): max_model_len {s['max_model_len']:,}, "
+                        f"KV {s['kv_cache_dtype']}, tp {s['tp']}, utilization {s['gpu_memory_utilization']}",
+                  title_justify="left")
+    for column in ("figure", "llmprod", "vLLM", "ratio"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for row in v["rows"]:
+        show = {"bytes": format_bytes, "tokens": "{:,}".format, "x": "{:.2f}x".format}[row["unit"]]
+        cells = [show(row[k]) if row[k] is not None else "-" for k in ("predicted", "vllm")]
+        table.add_row(row["figure"], *cells, f"{row['ratio']:.4f}" if row["ratio"] is not None else "-")
+    console.print(table)
+    if v["cuda_graph_bytes_logged"]:
+        console.print(f"vLLM captured {format_bytes(v['cuda_graph_bytes_logged'])} of CUDA graphs"
+                      + (f"; kernels: {', '.join(v['kernels'])}" if v["kernels"] else ""), style="dim")

@@ -4,8 +4,10 @@ Per layer and block: page = block_size × KV heads on this rank × (K head size 
 bytes; MLA layers cache one latent (kv_lora_rank + qk_rope_head_dim) per token, the same on every
 rank. Layers are grouped by spec; a hybrid model's groups are padded to one group size and share one
 block pool: num_blocks = budget // page // group_size. A request of C tokens needs, per group,
-cdiv(C, block) blocks for full attention, cdiv(min(window − 1 + max_num_batched_tokens, C), block) + 1
-for a sliding window, and cdiv(min(chunk + max_num_batched_tokens, C), block) for chunked attention.
+cdiv(C, block) blocks for full attention, cdiv(min(window − 1 + in_flight, C), block) + 1 for a sliding
+window, and cdiv(min(chunk + in_flight, C), block) for chunked attention, where in_flight is the tokens
+scheduled but not yet settled: max_num_batched_tokens per batch in flight (vLLM 0.26.0 overlaps two
+with async scheduling). "GPU KV cache size" is int(concurrency × C) (vLLM 0.26.0's get_kv_cache_capacity).
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ class LayerSpec:
     block_size: int
     page_bytes: int  # per block, this layer, this rank
 
-    def max_memory_bytes(self, context: int, max_num_batched_tokens: int) -> int:
-        return self.blocks_per_request(context, max_num_batched_tokens) * self.page_bytes
+    def max_memory_bytes(self, context: int, in_flight: int) -> int:
+        return self.blocks_per_request(context, in_flight) * self.page_bytes
 
-    def blocks_per_request(self, context: int, max_num_batched_tokens: int) -> int:
+    def blocks_per_request(self, context: int, in_flight: int) -> int:
         if self.kind == SLIDING:
-            return cdiv(min(self.window - 1 + max_num_batched_tokens, context), self.block_size) + 1
+            return cdiv(min(self.window - 1 + in_flight, context), self.block_size) + 1
         if self.kind == CHUNKED:
-            return cdiv(min(self.window + max_num_batched_tokens, context), self.block_size)
+            return cdiv(min(self.window + in_flight, context), self.block_size)
         return cdiv(context, self.block_size)
 
 
@@ -81,18 +83,18 @@ class KVGroups:
     def num_blocks(self, budget_bytes: int) -> int:
         return max(0, budget_bytes // self.page_bytes // self.group_size)
 
-    def kv_cache_tokens(self, num_blocks: int) -> int:
-        """vLLM's "GPU KV cache size: N tokens"."""
-        return num_blocks // len(self.specs) * self.block_size
+    def kv_cache_tokens(self, num_blocks: int, context: int, in_flight: int) -> int:
+        """vLLM's "GPU KV cache size: N tokens": the context the pool holds with every request at C tokens."""
+        return int(self.max_concurrency(num_blocks, context, in_flight) * context)
 
-    def blocks_per_request(self, context: int, max_num_batched_tokens: int) -> int:
+    def blocks_per_request(self, context: int, in_flight: int) -> int:
         # vLLM's get_max_concurrency_for_kv_cache_config, with its group-size factors cancelled.
-        need = sum(s.max_memory_bytes(context, max_num_batched_tokens) for s in self.specs)
+        need = sum(s.max_memory_bytes(context, in_flight) for s in self.specs)
         return cdiv(need, self.page_bytes)
 
-    def max_concurrency(self, num_blocks: int, context: int, max_num_batched_tokens: int) -> float:
+    def max_concurrency(self, num_blocks: int, context: int, in_flight: int) -> float:
         """vLLM's "Maximum concurrency for C tokens per request: X"."""
-        return num_blocks / self.blocks_per_request(context, max_num_batched_tokens)
+        return num_blocks / self.blocks_per_request(context, in_flight)
 
 
 def group_layers(specs: list[LayerSpec]) -> KVGroups:
@@ -128,11 +130,11 @@ def stage_layers(shape: ModelShape, pp: int) -> list[list[LayerAttention]]:
 
 
 def max_context(groups: KVGroups, specs: list[LayerSpec], budget_bytes: int, batch: int, limit: int,
-                max_num_batched_tokens: int) -> int:
+                in_flight: int) -> int:
     """vLLM's estimate_max_model_len: the longest C whose KV (all layers, `batch` requests) fits."""
 
     def fits(context: int) -> bool:
-        return batch * sum(s.max_memory_bytes(context, max_num_batched_tokens) for s in specs) <= budget_bytes
+        return batch * sum(s.max_memory_bytes(context, in_flight) for s in specs) <= budget_bytes
 
     if not fits(1):
         return 0

@@ -21,6 +21,9 @@ FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attenti
 _UNSIZABLE = ("mamba", "linear_attention", "conv", "recurrent", "ssm", "gated_delta")
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "float8_e4m3fn": 1}
+# vLLM's `--dtype auto` downcasts a float32 config: bfloat16 where the GPU has it, else float16. Either
+# way two bytes, for the weights and for the KV cache that follows the model's dtype.
+SERVED_DTYPE = {"float32": "bfloat16", "float": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,21 @@ class ModelShape:
     v_head_dim: int
     vocab_size: int
     max_position_embeddings: int
-    dtype: str
+    dtype: str  # what vLLM serves it in (`--dtype auto`)
     layers: tuple[LayerAttention, ...]
     mla_latent: int | None = None  # kv_lora_rank + qk_rope_head_dim: MLA's one cached "head"
     tie_word_embeddings: bool = False
     quantization_config: dict[str, Any] | None = None
+    checkpoint_dtype: str = "bfloat16"  # what config.json says
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_mla(self) -> bool:
         return self.mla_latent is not None
+
+    @property
+    def is_moe(self) -> bool:
+        return num_experts(self.raw) > 0
 
 
 def load_config(model: str, revision: str | None = None) -> tuple[dict[str, Any], Path | None]:
@@ -168,6 +176,7 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
     dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16").replace("torch.", "")
+    dtype = dtype if dtype in DTYPE_BYTES else "bfloat16"
     mla = None
     v_head_dim = head_dim
     if cfg.get("kv_lora_rank"):
@@ -185,13 +194,19 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
         v_head_dim=int(v_head_dim),
         vocab_size=_require(cfg, "vocab_size"),
         max_position_embeddings=int(max_pos),
-        dtype=dtype if dtype in DTYPE_BYTES else "bfloat16",
+        dtype=SERVED_DTYPE.get(dtype, dtype),
+        checkpoint_dtype=dtype,
         layers=layer_attention(cfg, num_layers),
         mla_latent=mla,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         quantization_config=config.get("quantization_config") or cfg.get("quantization_config"),
         raw=cfg,
     )
+
+
+def num_experts(cfg: dict[str, Any]) -> int:
+    """Routed experts per MoE layer (0 for a dense model), under the names configs give them."""
+    return int(cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
 
 
 @dataclass(frozen=True)
@@ -233,7 +248,7 @@ def decoder_layer_params(shape: ModelShape, index: int) -> LayerParams:
 
 def _mlp_params(shape: ModelShape, index: int) -> tuple[int, int]:
     cfg, h = shape.raw, shape.hidden_size
-    experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+    experts = num_experts(cfg)
     dense_inter = cfg.get("intermediate_size") or 4 * h
     moe_layer = bool(experts)
     if moe_layer and index < int(cfg.get("first_k_dense_replace") or 0):

@@ -10,6 +10,7 @@ from llmprod.errors import InputError
 from llmprod.memory.kvcache import (KVGroups, LayerSpec, cdiv, full_attention_bytes_per_token, group_layers,
                                     layer_specs, max_context, pp_layer_counts, stage_layers)
 from llmprod.memory.model import DTYPE_BYTES, ModelShape, load_config, model_shape
+from llmprod.memory.releases import NEWEST, VllmRelease, release_for
 from llmprod.memory.sizes import GiB, gpu_memory
 from llmprod.memory.weights import (estimate_weights, safetensors_from_hub, safetensors_tensors,
                                     weight_format)
@@ -17,11 +18,11 @@ from llmprod.memory.weights import (estimate_weights, safetensors_from_hub, safe
 KV_DTYPES = {"auto": None, "bf16": 2, "fp16": 2, "fp8": 1}
 # vLLM's sampler warm-up runs this many sequences' logits in float32 during memory profiling.
 MAX_NUM_SEQS = 256
-# Not measurable from a config: CUDA context, cuBLAS workspaces and NCCL buffers outside torch's
-# allocator, and the memory of captured CUDA graphs (vLLM's default capture sizes).
-NON_TORCH_BYTES = {1: int(0.5 * GiB)}
+# Not measurable from a config: NCCL buffers outside torch's allocator when more than one GPU serves
+# (one GPU: the release's measured figure), and the memory of captured CUDA graphs with vLLM's default
+# capture sizes (0.44 GiB for a 1B Llama, 0.98 GiB for an 8B one with vLLM 0.26.0 on an H200).
 NON_TORCH_BYTES_TP = int(1.0 * GiB)
-CUDA_GRAPH_BYTES = int(0.5 * GiB)
+CUDA_GRAPH_BYTES = int(1.0 * GiB)
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,15 @@ class MemorySpec:
     kv_cache_dtype: str = "auto"
     gpu: str | None = None
     gpu_memory_bytes: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None  # None: the vLLM release's default
     kv_cache_memory_bytes: int | None = None
     tp: int = 1
     pp: int = 1
     block_size: int = 16
     max_num_batched_tokens: int = 8192
     revision: str | None = None  # of a hub model
+    vllm_version: str = NEWEST  # whose defaults apply
+    vllm_version_from: str = "the newest release llmprod knows"
 
     def validate(self) -> None:
         for name, value in (("--context", self.context), ("--batch", self.batch), ("--tp", self.tp),
@@ -48,9 +51,9 @@ class MemorySpec:
                             ("--max-num-batched-tokens", self.max_num_batched_tokens)):
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
-        if not 0 < self.gpu_memory_utilization <= 1:
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise InputError(f"--gpu-memory-utilization {self.gpu_memory_utilization} must be in (0, 1]",
-                             hint="vLLM's default is 0.9")
+                             hint="leave it out for the vLLM release's default")
         if self.kv_cache_dtype not in KV_DTYPES:
             raise InputError(f"unknown --kv-cache-dtype {self.kv_cache_dtype!r}", hint="use auto, bf16, fp16 or fp8")
         if self.gpu and self.gpu_memory_bytes:
@@ -58,6 +61,24 @@ class MemorySpec:
         if self.kv_cache_memory_bytes is None and not (self.gpu or self.gpu_memory_bytes):
             raise InputError("no memory to plan against",
                              hint="pass --gpu NAME, --gpu-memory SIZE, or --kv-cache-memory SIZE")
+
+
+def which_vllm(version: str | None, vllm_bin: str | None) -> tuple[str, str]:
+    """(release, where it came from): --vllm-version, else the vLLM on PATH or --vllm-bin, else the newest known."""
+    if version:
+        release_for(version)  # refuses what is not a version
+        if vllm_bin:
+            raise InputError("--vllm-version and --vllm-bin both given", hint="give one of them")
+        return version, "--vllm-version"
+    from llmprod.vllm import find_vllm, installed_version
+
+    path = find_vllm(vllm_bin)
+    if path is None:
+        return NEWEST, "the newest release llmprod knows; no vllm on PATH"
+    found = installed_version(path)
+    if found is None:
+        return NEWEST, f"the newest release llmprod knows; {path} did not say its version"
+    return found, f"the vLLM at {path}"
 
 
 def estimate(spec: MemorySpec) -> dict[str, Any]:
@@ -72,11 +93,22 @@ def estimate(spec: MemorySpec) -> dict[str, Any]:
         raise InputError(f"--tp {spec.tp} does not divide the model's {shape.num_heads} attention heads",
                          hint="vLLM needs the heads split evenly; try a divisor of the head count")
     kv_bytes = KV_DTYPES[spec.kv_cache_dtype] or DTYPE_BYTES.get(shape.dtype, 2)
-    return _estimate(spec, shape, config, directory, kv_bytes, whatifs=True)
+    release, note = release_for(spec.vllm_version)
+    result = _estimate(spec, shape, config, directory, kv_bytes, release, whatifs=True)
+    result["vllm"] = {"version": spec.vllm_version, "from": spec.vllm_version_from, "defaults_of": release.version,
+                      "note": note, "gpu_memory_utilization": _utilization(spec, release),
+                      "dtype": shape.dtype if shape.dtype == shape.checkpoint_dtype
+                      else f"{shape.dtype} (config.json says {shape.checkpoint_dtype}; vLLM downcasts it)"}
+    return result
 
 
-def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_bytes: int, *,
-              whatifs: bool) -> dict[str, Any]:
+def _utilization(spec: MemorySpec, release: VllmRelease) -> float:
+    return spec.gpu_memory_utilization if spec.gpu_memory_utilization is not None \
+        else release.gpu_memory_utilization
+
+
+def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_bytes: int, release: VllmRelease,
+              *, whatifs: bool) -> dict[str, Any]:
     stages = stage_layers(shape, spec.pp)
     counts = pp_layer_counts(shape.num_layers, spec.pp)
     starts = [sum(counts[:i]) for i in range(len(counts))]
@@ -100,13 +132,14 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         plans.append((specs, group_layers(specs)))
     specs, groups = max(plans, key=lambda p: sum(s.page_bytes for s in p[0]))
 
-    budget, budget_lines = _kv_budget(spec, shape, weights_bytes)
+    budget, budget_lines = _kv_budget(spec, shape, weights_bytes, release)
+    in_flight = release.batches_in_flight(shape, spec.pp) * spec.max_num_batched_tokens
     num_blocks = groups.num_blocks(budget)
-    kv_tokens = groups.kv_cache_tokens(num_blocks)
-    concurrency = groups.max_concurrency(num_blocks, spec.context, spec.max_num_batched_tokens)
-    per_request_blocks = groups.blocks_per_request(spec.context, spec.max_num_batched_tokens)
+    kv_tokens = groups.kv_cache_tokens(num_blocks, spec.context, in_flight)
+    concurrency = groups.max_concurrency(num_blocks, spec.context, in_flight)
+    per_request_blocks = groups.blocks_per_request(spec.context, in_flight)
     longest = max_context(groups, specs, budget, spec.batch, shape.max_position_embeddings or spec.context,
-                          spec.max_num_batched_tokens)
+                          in_flight)
     per_token = full_attention_bytes_per_token(specs)
     result: dict[str, Any] = {
         "model": spec.model,
@@ -138,10 +171,11 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         "tp": spec.tp,
         "pp": spec.pp,
         "layers_per_stage": counts,
-        "paging": _paging(spec, shape, specs, groups),
+        "tokens_in_flight": in_flight,
+        "paging": _paging(spec, shape, specs, groups, in_flight),
     }
     if whatifs:
-        result["what_if"] = _what_ifs(spec, shape, config, directory, kv_bytes)
+        result["what_if"] = _what_ifs(spec, shape, config, directory, kv_bytes, release)
     return result
 
 
@@ -154,7 +188,8 @@ def _exact_parameters(model: str, directory) -> int | None:
     return safetensors_from_hub(model)
 
 
-def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int) -> tuple[int, list[dict[str, Any]]]:
+def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
+               release: VllmRelease) -> tuple[int, list[dict[str, Any]]]:
     if spec.kv_cache_memory_bytes is not None:
         return spec.kv_cache_memory_bytes, [{"item": "KV cache (--kv-cache-memory)", "bytes": spec.kv_cache_memory_bytes,
                                              "how": "given, per GPU, as vLLM's flag of the same name"}]
@@ -162,21 +197,28 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int) -> tuple
         label, total = gpu_memory(spec.gpu)
     else:
         label, total = "--gpu-memory", spec.gpu_memory_bytes
-    usable = int(total * spec.gpu_memory_utilization)
+    utilization = _utilization(spec, release)
+    usable = int(total * utilization)
     activation = _activation_peak(spec, shape)
-    non_torch = NON_TORCH_BYTES.get(spec.tp * spec.pp, NON_TORCH_BYTES_TP)
+    one_gpu = spec.tp * spec.pp == 1
+    non_torch = release.non_torch_bytes if one_gpu else NON_TORCH_BYTES_TP
+    graphs = CUDA_GRAPH_BYTES if release.deducts_cuda_graphs(shape) else 0
+    default = "" if spec.gpu_memory_utilization is not None else f" (vLLM {release.version}'s default)"
     lines = [
-        {"item": f"GPU memory ({label})", "bytes": total, "how": "driver-reported total"},
-        {"item": f"× utilization {spec.gpu_memory_utilization}", "bytes": usable, "how": "what vLLM may use"},
+        {"item": f"GPU memory ({label})", "bytes": total, "how": "the total CUDA reports, which vLLM sees"},
+        {"item": f"× utilization {utilization}", "bytes": usable, "how": f"what vLLM may use{default}"},
         {"item": "− weights", "bytes": -weights_bytes, "how": "see weights"},
         {"item": "− activation peak", "bytes": -activation,
          "how": f"profiling forward of {spec.max_num_batched_tokens} tokens + {MAX_NUM_SEQS} sequences' fp32 logits"},
         {"item": "− non-torch memory", "bytes": -non_torch,
-         "how": "CUDA context, cuBLAS/NCCL buffers (typical, not derivable from the config)"},
-        {"item": "− CUDA graphs", "bytes": -CUDA_GRAPH_BYTES,
-         "how": "vLLM's default capture sizes (typical; 0 with --enforce-eager)"},
+         "how": f"CUDA context and cuBLAS workspaces, as measured with vLLM {release.version}" if one_gpu
+         else "CUDA context, cuBLAS and NCCL buffers (typical for several GPUs; not derivable from a config)"},
+        {"item": "− CUDA graphs", "bytes": -graphs,
+         "how": "vLLM's default capture sizes (typical; 0 with --enforce-eager)" if graphs else
+         f"not deducted: vLLM {release.version} captures this model's graphs after sizing the KV cache "
+         f"(about {CUDA_GRAPH_BYTES / GiB:.0f} GiB more than the utilization share)"},
     ]
-    budget = usable - weights_bytes - activation - non_torch - CUDA_GRAPH_BYTES
+    budget = usable - weights_bytes - activation - non_torch - graphs
     lines.append({"item": "= KV cache", "bytes": max(0, budget), "how": "what vLLM gives the block pool"})
     return max(0, budget), lines
 
@@ -204,13 +246,13 @@ def _layer_summary(shape: ModelShape) -> dict[str, int]:
     return summary
 
 
-def _paging(spec: MemorySpec, shape: ModelShape, specs: list[LayerSpec], groups: KVGroups) -> dict[str, Any]:
+def _paging(spec: MemorySpec, shape: ModelShape, specs: list[LayerSpec], groups: KVGroups,
+            in_flight: int) -> dict[str, Any]:
     """PagedAttention against reserving every sequence's full context contiguously, for this load."""
     model_len = shape.max_position_embeddings or spec.context
     per_token_full = full_attention_bytes_per_token(specs)
     contiguous = spec.batch * model_len * per_token_full
-    paged = spec.batch * groups.blocks_per_request(spec.context, spec.max_num_batched_tokens) * groups.page_bytes \
-        * groups.group_size
+    paged = spec.batch * groups.blocks_per_request(spec.context, in_flight) * groups.page_bytes * groups.group_size
     return {
         "contiguous_bytes": contiguous,
         "paged_bytes": paged,
@@ -221,7 +263,8 @@ def _paging(spec: MemorySpec, shape: ModelShape, specs: list[LayerSpec], groups:
     }
 
 
-def _what_ifs(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_bytes: int) -> list[dict[str, Any]]:
+def _what_ifs(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_bytes: int,
+              release: VllmRelease) -> list[dict[str, Any]]:
     options = []
     if kv_bytes > 1:
         options.append(("--kv-cache-dtype fp8", replace(spec, kv_cache_dtype="fp8"), 1))
@@ -230,7 +273,7 @@ def _what_ifs(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         options.append((f"--tp {next_tp}", replace(spec, tp=next_tp), kv_bytes))
     out = []
     for label, alt, alt_kv in options:
-        r = _estimate(alt, shape, config, directory, alt_kv, whatifs=False)
+        r = _estimate(alt, shape, config, directory, alt_kv, release, whatifs=False)
         out.append({"change": label, "kv_cache_tokens": r["kv_cache_tokens"], "max_concurrency": r["max_concurrency"],
                     "max_context": r["max_context"], "fits": r["fits"], "weights_bytes": r["weights_bytes"]})
     return out

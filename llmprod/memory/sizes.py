@@ -23,10 +23,12 @@ def parse_size(text: str, option: str = "size") -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-# Total memory as the driver reports it (nvidia-smi / rocm-smi "total"), in MiB: what vLLM sees.
+# Total memory in MiB. vLLM sizes against the total CUDA reports (torch.cuda.mem_get_info), which can be
+# a few hundred MiB under nvidia-smi's "total": the H200 row is what vLLM 0.26.0 logged on one
+# ("139.8 GiB"; nvidia-smi says 143,771 MiB). The other rows are nvidia-smi / rocm-smi totals.
 GPUS: dict[str, tuple[str, int]] = {
     "h100": ("NVIDIA H100 80GB (SXM/PCIe)", 81_559),
-    "h200": ("NVIDIA H200 141GB", 143_771),
+    "h200": ("NVIDIA H200 141GB", 143_157),
     "a100-80gb": ("NVIDIA A100 80GB", 81_920),
     "a100-40gb": ("NVIDIA A100 40GB", 40_960),
     "l40s": ("NVIDIA L40S 48GB", 46_068),

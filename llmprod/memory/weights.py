@@ -145,12 +145,14 @@ def _from_tensors(shape: ModelShape, tp: int, stage_ranges: list[range],
     stage_of = {i: s for s, layers in enumerate(stage_ranges) for i in layers}
     per_stage = [0.0] * len(stage_ranges)
     params = 0
+    served = DTYPE_BYTES[shape.dtype]
+    downcast = DTYPE_BYTES[shape.checkpoint_dtype] > served  # a float32 checkpoint served in 16 bits
     for name, (dtype, dims) in tensors.items():
         numel = 1
         for d in dims:
             numel *= d
         params += numel
-        size = numel * _SAFETENSORS_BYTES.get(dtype, 2)
+        size = numel * (served if downcast and dtype in ("F32", "F64") else _SAFETENSORS_BYTES.get(dtype, 2))
         m = _LAYER.search(name)
         if m:
             stage = stage_of.get(int(m.group(1)))
@@ -161,7 +163,10 @@ def _from_tensors(shape: ModelShape, tp: int, stage_ranges: list[range],
         else:
             stage = len(stage_ranges) - 1
         per_stage[stage] += size / tp if len(dims) >= 2 else size  # norms and biases are replicated
-    return WeightsEstimate(int(max(per_stage)), params, "as stored", "from the safetensors headers")
+    how = "from the safetensors headers"
+    if downcast:
+        how += f", {shape.checkpoint_dtype} tensors at {served} bytes as vLLM serves them ({shape.dtype})"
+    return WeightsEstimate(int(max(per_stage)), params, "as stored", how)
 
 
 def safetensors_from_hub(model: str) -> int | None:

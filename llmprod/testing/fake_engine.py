@@ -7,11 +7,14 @@ guardrails do not check, so a test can script the answer to any user text), so o
     "chunks:A|B|C"     streams exactly those text chunks (guardrail chunk-boundary tests)
     "packed:A|B|C"     the same events, all in one write (a fast engine's many tokens in one network read)
     "crash"            exits the process (supervision tests)
+    "enginedead"       answers 500 as vLLM does for the requests in flight when its EngineCore dies
     anything else      `tokens` tokens "t0 t1 ..." with `itl` seconds between them
 GET /stats: generation requests seen, streams cancelled by the client, the last body received.
 
-As a script it is also a stand-in for `vllm serve MODEL --host H --port P ...` (extra flags ignored), and
-it can spawn a child process so tests can check that stopping the engine stops its whole group.
+As a script it is also a stand-in for `vllm serve MODEL --host H --port P ...` (extra flags ignored) and
+`vllm --version` (FAKE_VLLM_VERSION); it replays a recorded vLLM start-up into its output
+(FAKE_VLLM_STARTUP_LOG), exits with FAKE_VLLM_EXIT_CODE after it when set (a refused start), and it can
+spawn a child process so tests can check that stopping the engine stops its whole group.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
         text = instruction(body, chat)
         if text == "crash":
             os._exit(3)
+        if text == "enginedead":  # vLLM 0.26.0's body for EngineDeadError
+            return JSONResponse({"error": {"message": "EngineCore encountered an issue. See stack trace (above) "
+                                           "for the root cause.", "type": "InternalServerError", "param": None,
+                                           "code": 500}}, status_code=500)
         if text.startswith("slow:"):
             await asyncio.sleep(float(text.split(":", 1)[1]))
         if text == "echo":
@@ -138,6 +145,14 @@ def stats(url: str) -> dict:
 
 def main() -> None:
     argv = sys.argv[1:]
+    if argv == ["--version"]:  # as `vllm --version`
+        print(os.environ.get("FAKE_VLLM_VERSION", "0.26.0"))
+        return
+    startup = os.environ.get("FAKE_VLLM_STARTUP_LOG")
+    if startup:  # a recorded vLLM start-up, replayed into the engine log
+        print(open(startup, encoding="utf-8").read(), flush=True)
+    if os.environ.get("FAKE_VLLM_EXIT_CODE"):  # ... of a start that vLLM refused
+        sys.exit(int(os.environ["FAKE_VLLM_EXIT_CODE"]))
     if argv and argv[0] == "serve":  # invoked as a fake `vllm serve MODEL ...`
         argv = argv[1:]
         model = argv.pop(0)

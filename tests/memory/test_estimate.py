@@ -84,17 +84,19 @@ def test_hybrid_sliding_window_gemma_3():
     page = 16 * 16 * 256 * 2  # 16 KV heads × head_dim 128 (K and V) × bf16
     assert r["page_bytes"] == page
     assert r["num_blocks"] == 10 * GiB // page // 10 == 8192
-    assert r["kv_cache_tokens"] == 8192 // 7 * 16 == 18_720
-    # per request: sliding cdiv(min(1023 + 8192, 8192), 16) + 1 = 513 blocks, full 512
+    # per request: sliding cdiv(min(1023 + 2 × 8192, 8192), 16) + 1 = 513 blocks, full 512
     assert r["blocks_per_request"] == 6 * 513 + 512
     assert r["max_concurrency"] == pytest.approx(8192 / 3590)
+    assert r["kv_cache_tokens"] == int(8192 / 3590 * 8192) == 18_693  # concurrency × C
 
 
 def test_hybrid_sliding_window_bounded_by_the_scheduler_budget():
     r = plan("google__gemma-3-27b-it__text_config_only", context=32768, max_num_batched_tokens=2048,
              kv_cache_memory_bytes=10 * GiB)
-    # sliding: cdiv(min(1023 + 2048, 32768), 16) + 1 = 193 blocks; full: 32768 / 16 = 2048
-    assert r["blocks_per_request"] == 6 * 193 + 2048
+    # Two batches of 2048 tokens in flight (vLLM 0.26.0's async scheduling): a sliding layer holds
+    # cdiv(min(1023 + 4096, 32768), 16) + 1 = 321 blocks a request; full: 32768 / 16 = 2048.
+    assert r["tokens_in_flight"] == 2 * 2048
+    assert r["blocks_per_request"] == 6 * 321 + 2048
 
 
 def test_gpt_oss_alternating_layers_and_mxfp4_weights():
@@ -146,7 +148,7 @@ def test_awq_checkpoint_weights_from_its_quantization_config():
 def test_gpu_budget_is_itemised_and_sums():
     r = plan("meta-llama__Llama-3.1-8B-Instruct", context=8192, gpu="H100")
     lines = {line["item"]: line["bytes"] for line in r["budget"]}
-    usable = lines["× utilization 0.9"]
+    usable = lines["× utilization 0.92"]  # vLLM 0.26.0's default
     deductions = sum(v for k, v in lines.items() if k.startswith("−"))
     assert r["kv_cache_bytes"] == usable + deductions
     assert -lines["− weights"] == r["weights_bytes"]
@@ -230,7 +232,8 @@ def test_chunked_local_attention_llama_4_pattern(tmp_path):
     # groups of 2 layers: 3 chunked + 1 full; page = 16 × 2 heads × 256 × 2 bytes
     assert (r["group_size"], r["kv_cache_groups"], r["page_bytes"]) == (2, 4, 16_384)
     assert r["num_blocks"] == GiB // 16_384 // 2 == 32_768
-    assert r["kv_cache_tokens"] == 32_768 // 4 * 16
-    # chunked: cdiv(min(8192 + 8192, 65536), 16) = 1024 blocks; full: 65536 / 16 = 4096
-    assert r["blocks_per_request"] == 3 * 1024 + 4096
-    assert r["max_concurrency"] == pytest.approx(32_768 / 7168)
+    # chunked, with two batches of 8192 tokens in flight: cdiv(min(8192 + 16384, 65536), 16) = 1536 blocks;
+    # full: 65536 / 16 = 4096
+    assert r["blocks_per_request"] == 3 * 1536 + 4096
+    assert r["max_concurrency"] == pytest.approx(32_768 / 8704)
+    assert r["kv_cache_tokens"] == int(32_768 / 8704 * 65_536)

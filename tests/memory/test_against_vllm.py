@@ -1,0 +1,122 @@
+"""`estimate-memory` against vLLM 0.26.0's own start-up lines, recorded on an H200 (tests/data/vllm-0.26.0).
+
+Goals (issue #20): given vLLM's KV cache memory, its "GPU KV cache size" tokens and its maximum concurrency
+within 1%; from the GPU alone, its KV cache memory within 3%. The weights and the budget's other lines are
+checked more loosely, at what they are worth (an activation peak and rope caches are not in a config).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from llmprod.memory.plan import MemorySpec, estimate
+from llmprod.memory.sizes import GiB
+from llmprod.memory.versus import compare, read_log, spec_from_log
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+RUNS = json.loads((DATA / "vllm-0.26.0" / "runs.json").read_text())
+
+
+def model_of(run: dict, tiny_model_dir: Path) -> str:
+    return str(tiny_model_dir) if run["config"] == "tiny" else str(DATA / run["config"])
+
+
+@pytest.fixture
+def planned(request, tiny_model_dir):
+    run = request.param
+    log = read_log(DATA / "vllm-0.26.0" / run["log"])
+    spec = spec_from_log(MemorySpec(model=model_of(run, tiny_model_dir)), log)
+    result = estimate(spec)
+    rows = {row["figure"]: row for row in compare(spec, result, log)["rows"]}
+    return run, log, spec, result, rows
+
+
+RUN_IDS = [run["log"].removesuffix(".log") for run in RUNS["runs"]]
+
+
+@pytest.mark.parametrize("planned", RUNS["runs"], ids=RUN_IDS, indirect=True)
+def test_given_vllms_kv_memory_tokens_and_concurrency_are_within_1_percent(planned):
+    _, _, _, _, rows = planned
+    for figure in ("KV cache tokens (given vLLM's KV memory)", "maximum concurrency (given vLLM's KV memory)"):
+        assert rows[figure]["ratio"] == pytest.approx(1, abs=0.01), rows[figure]
+
+
+@pytest.mark.parametrize("planned", RUNS["runs"], ids=RUN_IDS, indirect=True)
+def test_from_the_gpu_alone_the_kv_cache_is_within_3_percent(planned):
+    _, log, _, result, rows = planned
+    for figure in ("KV cache memory (from the GPU)", "KV cache tokens (from the GPU)",
+                   "maximum concurrency (from the GPU)"):
+        assert rows[figure]["ratio"] == pytest.approx(1, abs=0.03), rows[figure]
+    # the budget, line by line: vLLM's default utilization, the measured non-torch memory, no CUDA graphs
+    # deducted (0.26.0 captures a dense model's graphs after sizing the KV cache)
+    assert result["vllm"]["gpu_memory_utilization"] == log.gpu_memory_utilization
+    assert rows["non-torch memory"]["ratio"] == pytest.approx(1, abs=0.05)
+    assert rows["CUDA graphs deducted from the KV budget"]["predicted"] == 0
+    activation = rows["peak activation"]
+    assert abs(activation["predicted"] - activation["vllm"]) < 0.3 * GiB, activation
+
+
+@pytest.mark.parametrize("planned", [r for r in RUNS["runs"] if r["config"] != "tiny"],
+                         ids=[i for i, r in zip(RUN_IDS, RUNS["runs"]) if r["config"] != "tiny"], indirect=True)
+def test_weights_are_within_5_percent(planned):
+    _, _, _, _, rows = planned
+    assert rows["weights"]["ratio"] == pytest.approx(1, abs=0.05), rows["weights"]
+
+
+@pytest.mark.parametrize("planned", [r for r in RUNS["runs"] if r["config"] == "tiny"], ids=["tiny"], indirect=True)
+def test_a_float32_config_is_sized_as_vllm_serves_it_in_bfloat16(planned):
+    _, log, spec, result, _ = planned
+    assert log.downcast == "torch.float32 to torch.bfloat16"
+    # 4 layers × 2 KV heads × (32 + 32) × 2 bytes: bfloat16, not the config's float32 (which halved the tokens)
+    assert result["kv_bytes_per_token"] == 4 * 2 * 64 * 2 == 1024
+    assert "downcasts" in result["vllm"]["dtype"]
+    given = estimate(replace(spec, kv_cache_memory_bytes=int(log.kv_cache_gib * GiB)))
+    assert given["kv_cache_tokens"] == pytest.approx(log.kv_cache_tokens, rel=0.001)
+    # the weights from the safetensors headers: float32 tensors counted at 2 bytes
+    assert "as vLLM serves them" in result["weights_estimated"]
+
+
+def test_a_sliding_window_model_holds_two_batches_in_flight_per_request():
+    """Gemma 3 (5 sliding : 1 full): vLLM 0.26.0 keeps window − 1 + 2 × max_num_batched_tokens per sliding
+    layer (async scheduling) and reports concurrency × max_model_len as its token count."""
+    log = read_log(DATA / "vllm-0.26.0" / "gemma-3-27b-6-layers-eager.log")
+    spec = spec_from_log(MemorySpec(model=str(DATA / "vllm-0.26.0" / "gemma-3-27b-6-layers.json")), log)
+    r = estimate(replace(spec, kv_cache_memory_bytes=int(log.kv_cache_gib * GiB)))
+    assert r["tokens_in_flight"] == 2 * 8192
+    # per request: 5 sliding groups of cdiv(1023 + 16384, 16) + 1 = 1089 blocks, one full of 32768 / 16
+    assert r["blocks_per_request"] == 5 * 1089 + 2048
+    assert r["max_concurrency"] == pytest.approx(log.max_concurrency, abs=0.01)
+
+
+def test_the_cli_sets_each_figure_beside_the_logs(cli):
+    log = DATA / "vllm-0.26.0" / "llama-3.1-8b-fp8kv-32k.log"
+    result = cli("estimate-memory", str(DATA / "model-configs" / "meta-llama__Llama-3.1-8B-Instruct.json"),
+                 "--vllm-log", str(log), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()
+    assert doc["context"] == 32768 and doc["vllm"]["version"] == "0.26.0" and doc["vllm"]["from"] == "the log"
+    assert doc["vs_vllm"]["settings"]["kv_cache_dtype"] == "fp8"
+    assert {row["figure"] for row in doc["vs_vllm"]["rows"]} >= {"weights", "KV cache tokens (from the GPU)"}
+    table = cli("estimate-memory", str(DATA / "model-configs" / "meta-llama__Llama-3.1-8B-Instruct.json"),
+                "--vllm-log", str(log))
+    assert "1,839,136" in table.stdout and "beside vLLM 0.26.0" in " ".join(table.stdout.split())
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--vllm-log", "{missing}"], "cannot read --vllm-log"),
+    (["--vllm-log", "{refused}"], "no vLLM start-up figures"),
+    (["--vllm-log", "{good}", "--gpu", "H100"], "drop --gpu"),
+    (["--vllm-version", "latest", "--gpu", "H100"], "is not a version"),
+    (["--vllm-version", "0.26.0", "--vllm-bin", "/bin/true", "--gpu", "H100"], "both given"),
+])
+def test_bad_vllm_inputs_are_one_line_exit_2(cli, tmp_path, args, words):
+    paths = {"missing": tmp_path / "nope.log", "refused": DATA / "vllm-0.26.0" / "llama-3.2-1b-refused-util0.03.log",
+             "good": DATA / "vllm-0.26.0" / "llama-3.1-8b-bf16.log"}
+    args = [a.format(**paths) for a in args]
+    result = cli("estimate-memory", str(DATA / "model-configs" / "meta-llama__Llama-3.1-8B-Instruct.json"), *args)
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert words in " ".join(result.stderr.split()) and result.stderr.strip().count("\n") == 0
