@@ -95,9 +95,26 @@ def _render_ready(console, doc: dict) -> None:
     if doc["engine_pid"] is not None:
         table.add_row("engine", f"{doc['engine']} (pid {doc['engine_pid']}) on {doc['upstream']}, log {doc['engine_log']}")
         table.add_row("model", ", ".join(doc["models"]))
+        startup = doc.get("engine_startup") or {}
+        if doc.get("engine_version") or startup:
+            table.add_row("vLLM", _vllm_line(doc.get("engine_version"), startup))
     else:
         table.add_row("upstream", doc["upstream"])
     table.add_row("auth", "bearer API key" if doc["auth"] != "none" else "none (set --api-key or LLMPROD_API_KEY)")
     table.add_row("guardrails", "\n".join(doc["guardrails"]))
     console.print(table)
     console.print("Ctrl-C (or SIGTERM) stops: in-flight streams finish, then the engine stops.", style="dim")
+
+
+def _vllm_line(version: str | None, s: dict) -> str:
+    """vLLM's own start-up figures, in the words of `estimate-memory`'s table."""
+    parts = [f"v{version}" if version else "version unknown"]
+    if "weights_gib" in s:
+        parts.append(f"weights {s['weights_gib']} GiB")
+    if "kv_cache_gib" in s:
+        parts.append(f"KV cache {s['kv_cache_gib']} GiB = {s.get('kv_cache_tokens', 0):,} tokens")
+    if "max_concurrency" in s:
+        parts.append(f"{s['max_concurrency']}x at {s['concurrency_context']:,} tokens")
+    if s.get("kernels"):
+        parts.append("kernels " + ", ".join(s["kernels"]))
+    return "; ".join(parts)

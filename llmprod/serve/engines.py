@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from typing import Callable
 from llmprod.errors import InputError, OperationFailed
 from llmprod.serve.spec import VLLM_ONLY, EngineOptions
 from llmprod.serve.upstream import EngineState, Upstream
-
+from llmprod.vllm import START_MARKER, read_startup, refusal
 
 
 class EngineFailed(OperationFailed):
@@ -43,16 +42,6 @@ class EngineCommand:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def find_vllm(vllm_bin: str | None) -> str | None:
-    if vllm_bin:
-        path = Path(vllm_bin).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise InputError(f"--vllm-bin {vllm_bin} is not an executable file",
-                             hint="point it at the `vllm` script of the environment vLLM is installed in")
-        return str(path)
-    return shutil.which("vllm")
 
 
 def gpu_available() -> bool:
@@ -144,7 +133,7 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.command.env}
         with open(self.log_path, "ab") as log:
-            log.write(f"\n==== llmprod: starting {self.command.kind} engine: {' '.join(self.command.argv)}\n".encode())
+            log.write(f"\n{START_MARKER} {self.command.kind} engine: {' '.join(self.command.argv)}\n".encode())
             log.flush()
             try:
                 self.proc = subprocess.Popen(self.command.argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -166,8 +155,7 @@ class EngineProcess:
         while True:
             code = self.exit_code()
             if code is not None:
-                raise EngineFailed(f"the {self.command.kind} engine exited with code {code} before it was ready",
-                                   hint=f"its log is {self.log_path}: {last_line(self.log_path)}")
+                raise self._exit_error(code)
             if (await upstream.health(timeout=2.0)).ok:
                 return
             if time.monotonic() > deadline:
@@ -175,6 +163,21 @@ class EngineProcess:
                 raise EngineFailed(f"the {self.command.kind} engine was not ready after {timeout:.0f} s",
                                    hint=f"its log is {self.log_path}; raise --engine-timeout for large models")
             await asyncio.sleep(0.25)
+
+    def _exit_error(self, code: int) -> Exception:
+        """Why the engine exited before it was ready: vLLM refusing its configuration is bad input (exit 2)
+        in vLLM's own words; anything else is a failure, with the cause from the log."""
+        if self.command.kind == "vllm":
+            startup = read_startup(self.log_path)
+            refused = refusal(startup)
+            if refused is not None:
+                refused.hint = f"{refused.hint}; the whole log is {self.log_path}"
+                return refused
+            if startup.error:
+                return EngineFailed(f"vLLM exited with code {code} before it was ready: {startup.error[:300]}",
+                                    hint=f"its log is {self.log_path}")
+        return EngineFailed(f"the {self.command.kind} engine exited with code {code} before it was ready",
+                            hint=f"its log is {self.log_path}: {last_line(self.log_path)}")
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the engine's whole process group, then SIGKILL what is left after `grace` seconds."""
@@ -251,6 +254,9 @@ class Supervisor:
                 return
             code = self.engine.exit_code()
             self.state.mark_down(f"the engine exited (code {code}) and is being restarted")
+            # What the dead leader spawned (vLLM's EngineCore and workers) may outlive it, holding GPU memory
+            # the next start needs: the old group goes first.
+            await asyncio.to_thread(self.engine.stop, 5.0)
             delay = self.backoff[min(failures, len(self.backoff) - 1)]
             self.on_event(f"the {self.engine.command.kind} engine exited with code {code}; "
                           f"restarting in {delay:.0f} s (log: {self.engine.log_path})")

@@ -17,13 +17,14 @@ from typing import Any, Callable
 
 from llmprod.errors import InputError
 from llmprod.output import Output
-from llmprod.serve.engines import (EngineCommand, EngineProcess, Supervisor, choose_engine, find_vllm, free_port,
+from llmprod.serve.engines import (EngineCommand, EngineProcess, Supervisor, choose_engine, free_port,
                                    gpu_available, transformers_command, vllm_command)
 from llmprod.serve.gateway import Gateway, GatewayConfig
 from llmprod.serve.metrics import GatewayMetrics
 from llmprod.serve.spec import ServeSpec
 from llmprod.serve.upstream import AiohttpUpstream, EngineState, Upstream, UpstreamError
 from llmprod.urls import server_root
+from llmprod.vllm import find_vllm, read_startup
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -208,9 +209,20 @@ def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | N
         "engine": engine.command.kind if engine else "upstream",
         "engine_pid": engine.pid if engine else None,
         "engine_log": str(engine.log_path) if engine else None,
+        **_engine_startup(engine),
         "upstream": gateway.state.base_url,
         "auth": "api key" if spec.api_key else "none",
         "guardrails": guard_lines,
         "max_concurrency": spec.max_concurrency,
         "startup_seconds": round(seconds, 2),
     }
+
+
+def _engine_startup(engine: EngineProcess | None) -> dict:
+    """vLLM's release and its own memory figures from its start-up lines (what estimate-memory predicts)."""
+    if engine is None or engine.command.kind != "vllm":
+        return {}
+    startup = read_startup(engine.log_path)
+    figures = startup.figures()
+    figures.pop("version", None)
+    return {"engine_version": startup.version, "engine_startup": figures}

@@ -113,6 +113,43 @@ def test_supervisor_restarts_a_dead_engine_and_stop_kills_the_whole_group(tmp_pa
     assert "starting vllm engine" in (tmp_path / "engine.log").read_text()
 
 
+def test_a_leader_that_dies_alone_takes_its_group_with_it_before_the_restart(tmp_path):
+    """vLLM's API server killed on its own leaves its EngineCore holding GPU memory: the supervisor stops
+    what is left of the old group before it starts a new one."""
+    port, pid_file = free_port(), tmp_path / "child.pid"
+    command = EngineCommand("vllm", (sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(port),
+                                     "--spawn-child", "--child-pid-file", str(pid_file)), port, "fake", "test")
+    engine = EngineProcess(command, tmp_path / "engine.log")
+    state = EngineState(f"http://127.0.0.1:{port}", supervised=True)
+
+    async def scenario():
+        upstream = AiohttpUpstream(state.base_url)
+        try:
+            engine.start()
+            await engine.wait_ready(30, upstream)
+            leader, orphan = engine.pid, int(pid_file.read_text())
+            supervisor = Supervisor(engine, state, 30, on_event=lambda _: None, backoff=(0.2,))
+            task = asyncio.ensure_future(supervisor.run(upstream))
+            os.kill(leader, signal.SIGKILL)  # the leader only: its child lives on in the group
+            deadline = time.monotonic() + 30
+            while engine.pid == leader and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            supervisor.stopping = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return leader, orphan
+        finally:
+            await upstream.close()
+
+    leader, orphan = asyncio.run(scenario())
+    try:
+        assert engine.pid != leader
+        assert not group_alive(leader)  # the orphan went with its group
+        assert not os.path.exists(f"/proc/{orphan}") or open(f"/proc/{orphan}/stat").read().split()[2] == "Z"
+    finally:
+        engine.stop(grace=5)
+
+
 def test_engine_that_exits_early_names_its_log(tmp_path):
     command = EngineCommand("vllm", (sys.executable, "-c", "import sys; print('CUDA out of memory'); sys.exit(1)"),
                             free_port(), "x", "test")

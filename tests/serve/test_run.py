@@ -15,6 +15,9 @@ import pytest
 
 from llmprod.testing.servers import free_port, wait_until
 
+VLLM_LOGS = Path(__file__).resolve().parents[1] / "data" / "vllm-0.26.0"
+VLLM_LOG = VLLM_LOGS / "llama-3.1-8b-bf16.log"
+
 
 @pytest.fixture
 def fake_vllm(tmp_path) -> Path:
@@ -55,6 +58,18 @@ def test_port_in_use_is_exit_2(cli):
     assert result.exit_code == 2 and "cannot listen" in result.stderr
 
 
+def test_a_start_vllm_refuses_is_exit_2_with_its_reason_not_a_timeout(cli, fake_vllm, tmp_path, monkeypatch):
+    # a real refusal (vLLM 0.26.0 on an H200: the default max_model_len in 3% of the GPU), replayed
+    monkeypatch.setenv("FAKE_VLLM_STARTUP_LOG", str(VLLM_LOGS / "llama-3.2-1b-refused-util0.03.log"))
+    monkeypatch.setenv("FAKE_VLLM_EXIT_CODE", "1")
+    result = cli("serve", "./m", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(free_port()),
+                 "--engine-log", str(tmp_path / "e.log"), "--engine-timeout", "600")
+    assert result.exit_code == 2, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "vLLM refused to start: ValueError: To serve at least one request" in message
+    assert "serve with --max-model-len 37712 or less" in message and str(tmp_path / "e.log") in message
+
+
 def test_unreachable_upstream_is_exit_2(cli):
     result = cli("serve", "--upstream", f"http://127.0.0.1:{free_port()}", "--port", str(free_port()))
     assert result.exit_code == 2 and "not reachable" in result.stderr
@@ -67,9 +82,13 @@ def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fa
     port = free_port()
     proc, ready = serve_process("./some-model", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(port),
                               "--api-key", "k", "--engine-log", str(tmp_path / "e.log"), "--", "--enforce-eager",
-                              env={"FAKE_ENGINE_CHILD_PID_FILE": str(pid_file)})
+                              env={"FAKE_ENGINE_CHILD_PID_FILE": str(pid_file), "FAKE_VLLM_STARTUP_LOG": str(VLLM_LOG)})
     try:
         assert ready["engine"] == "vllm" and ready["models"] == ["./some-model"]
+        # vLLM's own release and memory figures, read from its start-up lines (here a recorded real start)
+        assert ready["engine_version"] == "0.26.0"
+        assert ready["engine_startup"]["kv_cache_tokens"] == 919_824
+        assert ready["engine_startup"]["max_concurrency"] == 7.02
         assert ready["url"] == f"http://127.0.0.1:{port}/v1"
         c = openai.OpenAI(base_url=ready["url"], api_key="k", max_retries=0)
         assert c.chat.completions.create(model="./some-model",

@@ -107,7 +107,7 @@ class Gateway:
             return JSONResponse({"object": "list", "data": data})
         answer = await self._call("GET", "/v1/models", None)
         if answer.status != 200:
-            return from_engine(answer.status, answer.content).response()
+            return from_engine(answer.status, answer.content, self.state).response()
         return Response(answer.content, status_code=200, media_type=answer.content_type)
 
     async def generate(self, route: str, request):
@@ -166,7 +166,7 @@ class Gateway:
 
         answer = await self._call("POST", PATHS[route], payload)
         if answer.status != 200:
-            return from_engine(answer.status, answer.content).response()
+            return from_engine(answer.status, answer.content, self.state).response()
         try:
             data = json.loads(answer.content)
         except ValueError:
@@ -210,7 +210,7 @@ class Gateway:
                 content = await response.read()
             finally:
                 response.release()
-            raise from_engine(response.status, content)
+            raise from_engine(response.status, content, self.state)
         args = (self.metrics, route, response, client_wants_usage, arrived, request_id)
         if self.guard is not None and self.guard.has_output_checks:
             relay = GuardedRelay(*args, scanner=self.guard.output_stream(context))

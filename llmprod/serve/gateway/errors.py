@@ -63,8 +63,13 @@ def upstream_failed(exc: UpstreamError, state: EngineState, request_timeout: flo
     return unavailable(f"the engine is not reachable ({exc})")
 
 
-def from_engine(status: int, content: bytes) -> GatewayError:
-    """The engine's own error answer in OpenAI's shape, whatever shape it came in."""
+# vLLM's answer (HTTP 500, EngineDeadError) to the requests in flight when its engine core dies; its API
+# server exits next and the supervisor restarts both. To a client that is an engine that is unavailable.
+ENGINE_DEAD = "EngineCore encountered an issue"
+
+
+def from_engine(status: int, content: bytes, state: EngineState | None = None) -> GatewayError:
+    """The engine's own error answer in OpenAI's shape, whatever shape it came in; 503 when it says it died."""
     message, type_, code = None, "upstream_error", f"upstream_http_{status}"
     try:
         data = json.loads(content)
@@ -82,6 +87,10 @@ def from_engine(status: int, content: bytes) -> GatewayError:
             message = data["message"]
     if not message:
         message = f"the engine answered HTTP {status}"
+    if status >= 500 and ENGINE_DEAD in str(message):
+        if state is not None and state.supervised:
+            state.mark_down("the engine's core died")
+        return unavailable(f"the engine failed while answering and is being restarted ({message})")
     if 400 <= status < 500 and type_ == "upstream_error":
         type_ = "invalid_request_error"
     return GatewayError(status, str(message), str(type_), str(code))

@@ -205,6 +205,29 @@ def test_supervised_engine_marked_down_answers_503_without_calling_it(fake_engin
     assert client(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "echo"}])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_core_that_died_is_503_and_marks_the_engine_down(fake_engine, start_gateway, stream):
+    """vLLM answers the requests in flight when its EngineCore dies with HTTP 500 (EngineDeadError), then its
+    API server exits: to clients that is an engine being restarted, 503 with Retry-After."""
+    state = EngineState(fake_engine.url, supervised=True)
+    url, _ = start_gateway(fake_engine.url, state=state, models={MODEL: "fake"})
+    body = {"model": MODEL, "stream": stream, "messages": [{"role": "system", "content": "enginedead"},
+                                                            {"role": "user", "content": "hello"}]}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    error = response.json()["error"]
+    assert error["code"] == "engine_unavailable" and "EngineCore encountered an issue" in error["message"]
+    assert not state.up and "core died" in state.reason
+
+
+def test_other_engine_errors_keep_their_status_and_the_engine_up():
+    from llmprod.serve.gateway.errors import from_engine
+
+    state = EngineState("http://127.0.0.1:1", supervised=True)
+    error = from_engine(500, b'{"error": {"message": "CUDA error", "type": "InternalServerError", "code": 500}}', state)
+    assert (error.status, error.message, state.up) == (500, "CUDA error", True)
+
+
 def test_client_disconnect_cancels_the_upstream_stream(start_gateway):
     slow = ThreadServer(make_app(tokens=50, itl=0.2)).start()
     try:
