@@ -194,9 +194,9 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
         return spec.kv_cache_memory_bytes, [{"item": "KV cache (--kv-cache-memory)", "bytes": spec.kv_cache_memory_bytes,
                                              "how": "given, per GPU, as vLLM's flag of the same name"}]
     if spec.gpu:
-        label, total = gpu_memory(spec.gpu)
+        label, total, source = gpu_memory(spec.gpu)
     else:
-        label, total = "--gpu-memory", spec.gpu_memory_bytes
+        label, total, source = "--gpu-memory", spec.gpu_memory_bytes, "given (vLLM sees the total CUDA reports)"
     utilization = _utilization(spec, release)
     usable = int(total * utilization)
     activation = _activation_peak(spec, shape)
@@ -205,7 +205,7 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
     graphs = CUDA_GRAPH_BYTES if release.deducts_cuda_graphs(shape) else 0
     default = "" if spec.gpu_memory_utilization is not None else f" (vLLM {release.version}'s default)"
     lines = [
-        {"item": f"GPU memory ({label})", "bytes": total, "how": "the total CUDA reports, which vLLM sees"},
+        {"item": f"GPU memory ({label})", "bytes": total, "how": source},
         {"item": f"× utilization {utilization}", "bytes": usable, "how": f"what vLLM may use{default}"},
         {"item": "− weights", "bytes": -weights_bytes, "how": "see weights"},
         {"item": "− activation peak", "bytes": -activation,

@@ -44,12 +44,18 @@ _ALIASES = {"h100-80gb": "h100", "h100-sxm": "h100", "h100-pcie": "h100", "h200-
             "3090": "rtx3090", "rtx-4090": "rtx4090", "rtx-3090": "rtx3090"}
 
 
-def gpu_memory(name: str) -> tuple[str, int]:
-    """(description, total bytes) of a named GPU; an unknown name lists the known ones."""
+# Rows whose total is what CUDA reported on the GPU itself, not nvidia-smi's figure.
+CUDA_MEASURED = {"h200"}
+
+
+def gpu_memory(name: str) -> tuple[str, int, str]:
+    """(description, total bytes, where the total comes from) of a named GPU; an unknown name lists the known ones."""
     key = re.sub(r"[\s_]+", "-", name.strip().lower())
     key = _ALIASES.get(key, key)
     if key not in GPUS:
         known = ", ".join(k.upper() for k in GPUS)
         raise InputError(f"unknown GPU {name!r}", hint=f"use one of {known}, or --gpu-memory SIZE")
     label, mib = GPUS[key]
-    return label, mib * MiB
+    how = ("the total CUDA reports on it, which vLLM sees" if key in CUDA_MEASURED
+           else "nvidia-smi's total; CUDA, and so vLLM, may see a few hundred MiB less")
+    return label, mib * MiB, how
