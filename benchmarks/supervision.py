@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from llmprod.serve.engines import free_port
 
 
 def processes() -> dict[int, tuple[int, str]]:
@@ -152,9 +153,7 @@ def main() -> int:
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.engine_args = engine_args
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = args.out.with_suffix(".engine.log")
     cmd = [sys.executable, "-m", "llmprod", "serve", args.model, "--engine", "vllm", "--vllm-bin", args.vllm_bin,
            "--port", str(port), "--served-model-name", "m", "--engine-log", str(log), "--json", "--", *args.engine_args]

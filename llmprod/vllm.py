@@ -44,16 +44,21 @@ def installed_version(vllm_path: str, timeout: float = 120.0) -> str | None:
         try:
             done = subprocess.run([interpreter, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
                                   capture_output=True, text=True, timeout=30)
-            if done.returncode == 0 and _VERSION.search(done.stdout):
-                return _VERSION.search(done.stdout).group(1)
+            found = _last_version(done)
+            if found:
+                return found
         except (OSError, subprocess.TimeoutExpired):
             pass
     try:  # a wrapper script (or metadata missing): ask vLLM itself, which imports it (seconds)
-        done = subprocess.run([vllm_path, "--version"], capture_output=True, text=True, timeout=timeout)
+        return _last_version(subprocess.run([vllm_path, "--version"], capture_output=True, text=True,
+                                            timeout=timeout))
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = [line for line in done.stdout.splitlines() if _VERSION.search(line)]
-    return _VERSION.search(lines[-1]).group(1) if done.returncode == 0 and lines else None
+
+
+def _last_version(done: subprocess.CompletedProcess) -> str | None:
+    found = _VERSION.findall(done.stdout) if done.returncode == 0 else []
+    return found[-1] if found else None
 
 
 def _shebang_python(path: str) -> str | None:
@@ -141,10 +146,9 @@ def parse_startup(text: str) -> StartupLog:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         for name, pattern, kind in _PATTERNS:
-            m = pattern.search(line)
-            if m and getattr(log, name) is None:
-                setattr(log, name, _number(next(g for g in m.groups() if g), kind) if kind is not str
-                        else next(g for g in m.groups() if g))
+            m = getattr(log, name) is None and pattern.search(line)
+            if m:
+                setattr(log, name, _number(next(g for g in m.groups() if g), kind))
         m = _CONCURRENCY.search(line)
         if m and log.max_concurrency is None:
             log.concurrency_context, log.max_concurrency = _number(m[1], int), _number(m[2], float)
@@ -179,22 +183,21 @@ def read_startup(path: Path) -> StartupLog:
         return StartupLog()
 
 
-def refusal(log: StartupLog) -> InputError | None:
+_LIMITS = ("No available memory for the cache blocks", "max seq len", "max_model_len", "gpu_memory_utilization",
+           "ValidationError")
+
+
+def refusal(log: StartupLog, log_path: Path) -> InputError | None:
     """An InputError when vLLM refused the configuration it was given (its limits, not a crash)."""
     reason = log.error or ""
-    if not reason:
-        return None
     fit = _FIT.search(reason)
     if fit:
-        return InputError(f"vLLM refused to start: {_shorten(reason)}",
-                          hint=f"serve with --max-model-len {fit[1]} or less, or raise --gpu-memory-utilization")
-    memory = ("No available memory for the cache blocks", "max seq len", "max_model_len", "gpu_memory_utilization",
-              "ValidationError")
-    if any(word in reason for word in memory):
-        return InputError(f"vLLM refused to start: {_shorten(reason)}",
-                          hint="check --max-model-len, --gpu-memory-utilization and --tensor-parallel-size "
-                               "against the model and the GPU")
-    return None
+        hint = f"serve with --max-model-len {fit[1]} or less, or raise --gpu-memory-utilization"
+    elif any(word in reason for word in _LIMITS):
+        hint = "check --max-model-len, --gpu-memory-utilization and --tensor-parallel-size against the model and the GPU"
+    else:
+        return None
+    return InputError(f"vLLM refused to start: {_shorten(reason)}", hint=f"{hint}; the whole log is {log_path}")
 
 
 def _shorten(reason: str, limit: int = 400) -> str:

@@ -42,21 +42,21 @@ def test_only_the_last_start_of_an_appended_log_counts():
 def test_a_refused_start_is_bad_input_in_vllms_words():
     log = parse_startup((LOGS / "llama-3.2-1b-refused-util0.03.log").read_text())
     assert log.error.startswith("ValueError: To serve at least one request with the model's max seq len (131072)")
-    error = refusal(log)
+    error = refusal(log, Path("vllm.log"))
     assert error is not None and error.exit_code == 2
     assert "estimated maximum model length is 37712" in error.message
     assert error.hint.startswith("serve with --max-model-len 37712 or less")
     # a crash that is not about the configuration stays a failure (exit 1), not bad input
     crash = parse_startup("(EngineCore pid=9) RuntimeError: CUDA error: an illegal memory access was encountered\n"
                           "(APIServer pid=8) RuntimeError: Engine core initialization failed. See root cause above.")
-    assert crash.error.startswith("RuntimeError: CUDA error") and refusal(crash) is None
+    assert crash.error.startswith("RuntimeError: CUDA error") and refusal(crash, Path("vllm.log")) is None
 
 
 def test_a_pydantic_refusal_keeps_its_reason():
     text = ("(APIServer pid=1) pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
             "(APIServer pid=1)   Value error, User-specified max_model_len (200000) is greater than the derived "
             "max_model_len (max_position_embeddings=131072.0 in model's config.json).\n")
-    error = refusal(parse_startup(text))
+    error = refusal(parse_startup(text), Path("vllm.log"))
     assert error is not None and "User-specified max_model_len (200000)" in error.message
 
 

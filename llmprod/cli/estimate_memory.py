@@ -39,10 +39,10 @@ def estimate_memory(
     from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
+        from dataclasses import replace
+
         from llmprod.memory.plan import MemorySpec, estimate, which_vllm
         from llmprod.memory.sizes import parse_size
-
-        version, version_from = which_vllm(vllm_version, vllm_bin) if vllm_log is None else (vllm_version, "")
 
         spec = MemorySpec(
             model=model, context=context, batch=batch, weights=weights, group_size=group_size,
@@ -51,14 +51,14 @@ def estimate_memory(
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=parse_size(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory else None,
             tp=tp, pp=pp, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens, revision=revision,
-            **({"vllm_version": version, "vllm_version_from": version_from} if version else {}),
         )
-        if vllm_log is not None:
+        if vllm_log is not None:  # the log names its release and settings
             from llmprod.memory.versus import estimate_against_log
 
             result = estimate_against_log(spec, vllm_log)
         else:
-            result = estimate(spec)
+            version, version_from = which_vllm(vllm_version, vllm_bin)
+            result = estimate(replace(spec, vllm_version=version, vllm_version_from=version_from))
         out.result(result, lambda console: _render(console, result))
 
 

@@ -83,10 +83,6 @@ class KVGroups:
     def num_blocks(self, budget_bytes: int) -> int:
         return max(0, budget_bytes // self.page_bytes // self.group_size)
 
-    def kv_cache_tokens(self, num_blocks: int, context: int, in_flight: int) -> int:
-        """vLLM's "GPU KV cache size: N tokens": the context the pool holds with every request at C tokens."""
-        return int(self.max_concurrency(num_blocks, context, in_flight) * context)
-
     def blocks_per_request(self, context: int, in_flight: int) -> int:
         # vLLM's get_max_concurrency_for_kv_cache_config, with its group-size factors cancelled.
         need = sum(s.max_memory_bytes(context, in_flight) for s in self.specs)

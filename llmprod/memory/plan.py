@@ -135,8 +135,8 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
     budget, budget_lines = _kv_budget(spec, shape, weights_bytes, release)
     in_flight = release.batches_in_flight(shape, spec.pp) * spec.max_num_batched_tokens
     num_blocks = groups.num_blocks(budget)
-    kv_tokens = groups.kv_cache_tokens(num_blocks, spec.context, in_flight)
     concurrency = groups.max_concurrency(num_blocks, spec.context, in_flight)
+    kv_tokens = int(concurrency * spec.context)  # vLLM's "GPU KV cache size": every request at C tokens
     per_request_blocks = groups.blocks_per_request(spec.context, in_flight)
     longest = max_context(groups, specs, budget, spec.batch, shape.max_position_embeddings or spec.context,
                           in_flight)

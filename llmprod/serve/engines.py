@@ -169,9 +169,8 @@ class EngineProcess:
         in vLLM's own words; anything else is a failure, with the cause from the log."""
         if self.command.kind == "vllm":
             startup = read_startup(self.log_path)
-            refused = refusal(startup)
+            refused = refusal(startup, self.log_path)
             if refused is not None:
-                refused.hint = f"{refused.hint}; the whole log is {self.log_path}"
                 return refused
             if startup.error:
                 return EngineFailed(f"vLLM exited with code {code} before it was ready: {startup.error[:300]}",

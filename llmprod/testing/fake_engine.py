@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -150,7 +151,7 @@ def main() -> None:
         return
     startup = os.environ.get("FAKE_VLLM_STARTUP_LOG")
     if startup:  # a recorded vLLM start-up, replayed into the engine log
-        print(open(startup, encoding="utf-8").read(), flush=True)
+        print(Path(startup).read_text(encoding="utf-8"), flush=True)
     if os.environ.get("FAKE_VLLM_EXIT_CODE"):  # ... of a start that vLLM refused
         sys.exit(int(os.environ["FAKE_VLLM_EXIT_CODE"]))
     if argv and argv[0] == "serve":  # invoked as a fake `vllm serve MODEL ...`

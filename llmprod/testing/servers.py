@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
+from llmprod.serve.engines import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ThreadServer", "free_port", "wait_until"]
 
 
 def wait_until(condition, timeout: float = 20.0, every: float = 0.05) -> None:
