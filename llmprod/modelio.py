@@ -153,6 +153,9 @@ def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto", deq
     kwargs: dict[str, Any] = {}
     try:
         if method == "compressed-tensors":
+            # FP4 weights unpack only at load, and into bfloat16 whatever the model's dtype (compressed-tensors
+            # 0.19): dequantize them there and bring them to the model's dtype below.
+            dequantize = dequantize or _has_fp4_weights(config)
             kwargs["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=dequantize)
         elif method == "awq" and importlib.util.find_spec("gptqmodel") is None:
             return _load_awq_dequantized(ref, config, torch_dtype, device)
@@ -162,8 +165,22 @@ def load_causal_lm(ref: ModelRef, device: str = "auto", dtype: str = "auto", deq
         if ref.is_local:
             raise NotFoundError(f"cannot load the weights in {ref.name}: {str(exc).splitlines()[0]}") from exc
         raise _hub_error(ref, exc) from exc
+    if method == "compressed-tensors" and dequantize:
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != model.dtype:
+                param.data = param.data.to(model.dtype)
     model.eval()
     return model
+
+
+def _has_fp4_weights(config: Any) -> bool:
+    qc = getattr(config, "quantization_config", None)
+    qc = qc if isinstance(qc, dict) else (qc.to_dict() if qc is not None else {})
+    for group in (qc.get("config_groups") or {}).values():
+        weights = (group or {}).get("weights") or {}
+        if weights.get("type") == "float" and int(weights.get("num_bits") or 0) == 4:
+            return True
+    return False
 
 
 def _load_awq_dequantized(ref: ModelRef, config: Any, torch_dtype, device: str):

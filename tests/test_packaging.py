@@ -53,6 +53,6 @@ def test_a_wheel_in_a_fresh_virtualenv_finds_its_recipes_and_policies(tmp_path):
     helped = subprocess.run([str(llmprod_bin), "quantize", "--help"], capture_output=True, text=True, cwd=tmp_path,
                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert helped.returncode == 0, helped.stderr
-    assert "awq-w4a16, gptq-w4a16, gptq-w8a16" in helped.stdout
+    assert "awq-w4a16, fp8-block, gptq-w4a16, gptq-w8a16, nvfp4a16, w8a8-fp8" in helped.stdout
     version = subprocess.run([str(llmprod_bin), "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert version.stdout.strip() == f"llmprod {llmprod.__version__}"

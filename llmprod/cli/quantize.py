@@ -1,4 +1,4 @@
-"""`llmprod quantize`: AWQ or GPTQ checkpoints that vLLM serves directly."""
+"""`llmprod quantize`: AWQ, GPTQ, INT8/FP8 W8A8 and NVFP4 checkpoints that vLLM serves directly."""
 
 from __future__ import annotations
 
@@ -17,6 +17,20 @@ EXAMPLE = "Example: [bold]llmprod quantize meta-llama/Llama-3.2-1B-Instruct --me
 class Method(str, Enum):
     awq = "awq"
     gptq = "gptq"
+    rtn = "rtn"
+
+
+class SchemeChoice(str, Enum):
+    w4a16 = "w4a16"
+    w8a16 = "w8a16"
+    w8a8_int8 = "w8a8-int8"
+    w8a8_fp8 = "w8a8-fp8"
+    fp8_block = "fp8-block"
+    nvfp4a16 = "nvfp4a16"
+
+
+class KvCacheScheme(str, Enum):
+    fp8 = "fp8"
 
 
 class Format(str, Enum):
@@ -27,8 +41,20 @@ class Format(str, Enum):
 def quantize(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (created atomically).")],
-    method: Annotated[Optional[Method], typer.Option("--method", help="awq or gptq (or from --recipe).")] = None,
-    bits: Annotated[Optional[int], typer.Option("--bits", help="4 or 8 (W4A16 / W8A16). Default 4.")] = None,
+    method: Annotated[Optional[Method], typer.Option(
+        "--method", help="gptq, awq or rtn (round to nearest, no data). Default: the scheme's only one.")] = None,
+    scheme: Annotated[Optional[SchemeChoice], typer.Option(
+        "--scheme", help="Weight/activation format. Default w4a16.")] = None,
+    bits: Annotated[Optional[int], typer.Option("--bits", help="4 or 8: shorthand for --scheme w4a16 / w8a16.")] = None,
+    smoothquant: Annotated[Optional[float], typer.Option(
+        "--smoothquant", metavar="STRENGTH",
+        help="SmoothQuant's strength (0-1) before the quantizer, for w8a8-int8 (0.8 there by default with GPTQ; 0: off).",
+    )] = None,
+    kv_cache_scheme: Annotated[Optional[KvCacheScheme], typer.Option(
+        "--kv-cache-scheme", help="fp8: calibrated KV cache scales, for vLLM's --kv-cache-dtype fp8.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel calibration over N GPUs of this host (torchrun).")] = 1,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (recipe, calibration, memory, time) without loading the weights.")] = False,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Weights per scale; -1 per channel. Default 128.")] = None,
     symmetric: Annotated[
         Optional[bool],
@@ -36,9 +62,10 @@ def quantize(
     ] = None,
     format: Annotated[Format, typer.Option("--format", help="compressed-tensors (llm-compressor) or awq (AutoAWQ GEMM).")] = Format.compressed_tensors,
     recipe: RecipeOpt = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="pile-val, wikitext2, c4, ultrachat, or a .txt/.jsonl/.parquet file.")] = "pile-val",
-    num_samples: Annotated[int, typer.Option("--num-samples", help="Calibration samples.")] = 256,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration sample.")] = 2048,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="pile-val (default), wikitext2, c4, ultrachat, or a .txt/.jsonl/.parquet file.")] = None,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Calibration samples. Default 256.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sample. Default 2048.")] = None,
     ignore: Annotated[
         Optional[list[str]],
         typer.Option("--ignore", help="Layers left unquantized (repeatable; 're:' for a regex). Default lm_head."),
@@ -52,17 +79,25 @@ def quantize(
     verbose: VerboseOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Quantize a model to 4 or 8 bits with AWQ or GPTQ (llm-compressor), ready for vLLM."""
+    """Quantize a model for vLLM with llm-compressor: GPTQ/AWQ 4- or 8-bit weights, INT8 or FP8 W8A8, NVFP4."""
     with command_output(json_output) as out:
         from llmprod.quantize import build_spec
         from llmprod.quantize import quantize as run_quantize
         from llmprod.quantize.run import QuantizeHooks
 
         spec = build_spec(model=model, output=output, method=method and method.value, bits=bits,
+                          scheme=scheme and scheme.value, smoothquant=smoothquant,
+                          kv_cache=kv_cache_scheme and kv_cache_scheme.value,
                           group_size=group_size, symmetric=symmetric, ignore=ignore, recipe=recipe,
                           format=format.value, dataset=dataset, num_samples=num_samples, seq_len=seq_len,
                           device=device.value, seed=seed, overwrite=overwrite, verbose=verbose,
-                          revision=revision)
+                          revision=revision, gpus=gpus)
+        if dry_run:
+            from llmprod.quantize.plan import plan
+
+            result = plan(spec)
+            out.result(result, lambda console: _render_plan(console, result))
+            return
         with out.progress() as progress:
             task = progress.add_task("preparing", total=None)
 
@@ -97,7 +132,9 @@ def _render(console, result: dict) -> None:
     rows = {
         "output": result["output"],
         "method / format": f"{result['method'].upper()} / {result['format']}",
-        "scheme": f"{result['scheme']}, group size {result['group_size']}",
+        "scheme": result["compressed_tensors_scheme"] + (f", group size {result['group_size']}"
+                                                         if result["group_size"] is not None else ""),
+        "weights / activations": f"{result['weights']} / {result['activations']}",
         "not quantized": ", ".join(result["ignore"]) or "nothing",
         "size": f"{format_bytes(result['size_bytes_before'])} → {format_bytes(result['size_bytes_after'])}",
         "seconds": result["seconds"],
@@ -105,8 +142,33 @@ def _render(console, result: dict) -> None:
     }
     if result["peak_gpu_memory_bytes"] is not None:
         rows["peak GPU memory"] = format_bytes(result["peak_gpu_memory_bytes"])
+    if result["smoothquant"] is not None:
+        rows["SmoothQuant"] = f"strength {result['smoothquant']}"
+    if result["kv_cache_scheme"]:
+        rows["KV cache"] = "FP8, calibrated scales (serve with --kv-cache-dtype fp8)"
+    if not result["calibration_read"]:
+        rows["calibration"] = "none read: round to nearest from the weights"
     rows["reload check"] = "finite logits" if result["reload_check"]["finite_logits"] else "FAILED"
     if "eval" in result:
         e = result["eval"]
         rows["perplexity"] = f"{e['perplexity']:.4f} vs {e['baseline_perplexity']:.4f} ({e['increase']:+.2%})"
     console.print(key_value_table(rows, title="quantized"))
+
+
+def _render_plan(console, plan: dict) -> None:
+    from llmprod.output import format_bytes, key_value_table
+
+    cal = plan["calibration"]
+    mem = plan["memory"]
+    rows = {
+        "model": f"{plan['model']} ({plan['parameters'] / 1e9:.2f} B parameters, {plan['layers']} layers)",
+        "scheme": f"{plan['method'].upper()} {plan['compressed_tensors_scheme']} ({plan['weights']} / {plan['activations']})",
+        "modifiers": " → ".join(plan["modifiers"]),
+        "calibration": (f"{cal['samples']} samples × {cal['seq_len']} tokens = {cal['tokens']:,} tokens"
+                        + (f" over {plan['gpus']} GPUs" if plan["gpus"] > 1 else "")) if cal else "none read",
+        "checkpoint": f"{format_bytes(plan['size_bytes_before'])} → about {format_bytes(plan['size_bytes_after'])}",
+        "peak host memory": f"about {format_bytes(mem['host_bytes'])} ({mem['host_note']})",
+        "peak GPU memory": f"about {format_bytes(mem['gpu_bytes'])} per GPU",
+        "time": plan["time"]["note"],
+    }
+    console.print(key_value_table(rows, title="quantize plan (--dry-run: nothing loaded or written)"))

@@ -29,7 +29,7 @@ LayerProgress = Callable[[int, int], None]  # (layer index reached, number of la
 class QuantizeJob:
     spec: QuantizeSpec
     source_dir: Path
-    calibration: CalibrationSet
+    calibration: CalibrationSet | None  # None: a data-free scheme (RTN), nothing was read
     recipe: dict
     workdir: Path
     on_layer: LayerProgress | None = None
@@ -97,34 +97,39 @@ class LlmCompressorBackend:
         return recipe_yaml(spec)
 
     def run(self, job: QuantizeJob) -> None:
+        """One process, or one rank of `torchrun` (llmprod.quantize.distributed) with its share of the samples."""
         transformers = require("transformers", "model")
         require("llmcompressor", "quantize")
+        from compressed_tensors.offload import load_offloaded_model
         from datasets import Dataset
         from llmcompressor import oneshot
         from llmcompressor.recipe import Recipe
 
         from llmprod.quantize.compat import forget_traced_namespaces, skip_pinning_without_accelerator
 
-        # Loaded on the CPU; llm-compressor's sequential pipeline onloads one decoder layer at a
-        # time to the accelerator, so peak GPU memory is about one layer plus activations.
-        model = transformers.AutoModelForCausalLM.from_pretrained(job.source_dir, dtype="auto")
+        rank, world = _rank_and_world()
+        # Loaded on the CPU, spilling to disk what host memory cannot hold ("auto_offload"); under torchrun
+        # rank 0 loads and shares the weights with the other ranks. llm-compressor's sequential pipeline then
+        # onloads one decoder layer at a time to the accelerator: peak GPU memory is about one layer plus
+        # activations, whatever the model's size.
+        with load_offloaded_model():
+            model = transformers.AutoModelForCausalLM.from_pretrained(job.source_dir, dtype="auto",
+                                                                      device_map="auto_offload")
         tokenizer = transformers.AutoTokenizer.from_pretrained(job.source_dir)
-        samples = job.calibration.samples
-        data = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
+        data_args = {}
+        if job.calibration is not None:
+            samples = _partition(job.calibration.samples, rank, world)
+            data = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(x) for x in samples]})
+            data_args = dict(dataset=data, max_seq_length=job.spec.seq_len, num_calibration_samples=len(samples),
+                             shuffle_calibration_samples=False,  # already chosen by --seed
+                             pipeline="sequential")
         hooks = _track_layers(model, job.on_layer)
         try:
             with skip_pinning_without_accelerator(), forget_traced_namespaces():
-                oneshot(
-                    model=model,
-                    dataset=data,
-                    recipe=Recipe.from_dict(job.recipe),
-                    max_seq_length=job.spec.seq_len,
-                    num_calibration_samples=len(samples),
-                    shuffle_calibration_samples=False,  # already chosen by --seed
-                    pipeline="sequential",
-                )
-            model.save_pretrained(job.workdir, save_compressed=True)
-            tokenizer.save_pretrained(job.workdir)
+                oneshot(model=model, recipe=Recipe.from_dict(job.recipe), **data_args)
+            model.save_pretrained(job.workdir, save_compressed=True)  # under torchrun only rank 0 writes
+            if rank == 0:
+                tokenizer.save_pretrained(job.workdir)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -133,6 +138,21 @@ class LlmCompressorBackend:
             from llmcompressor.core import reset_session
 
             reset_session()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _partition(samples: list, rank: int, world: int) -> list:
+    """Rank r's contiguous share: sizes differ by at most one, and together they are all the samples in order."""
+    per, extra = divmod(len(samples), world)
+    start = rank * per + min(rank, extra)
+    return samples[start:start + per + (rank < extra)]
 
 
 class AutoAWQBackend:

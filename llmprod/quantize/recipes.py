@@ -18,10 +18,14 @@ from llmprod.errors import ConfigError
 from llmprod.quantize.spec import QuantizeSettings, QuantizeSpec
 
 QUANTIZERS = ("QuantizationModifier", "GPTQModifier")
-KNOWN_MODIFIERS = ("AWQModifier",) + QUANTIZERS
-# Preset schemes of compressed-tensors that are weight-only integer group quantization.
-PRESETS = {"W4A16": (4, 128, True), "W4A16_ASYM": (4, 128, False), "W8A16": (8, 128, True)}
-_QUANTIZER_KEYS = {"scheme", "config_groups", "ignore", "targets"}
+KNOWN_MODIFIERS = ("SmoothQuantModifier", "AWQModifier") + QUANTIZERS
+# compressed-tensors' preset schemes: (llmprod scheme, group size, symmetric); None where the layout is fixed.
+PRESETS = {"W4A16": ("w4a16", 128, True), "W4A16_ASYM": ("w4a16", 128, False), "W8A16": ("w8a16", 128, True),
+           "W8A8": ("w8a8-int8", None, None), "FP8_DYNAMIC": ("w8a8-fp8", None, None),
+           "FP8_BLOCK": ("fp8-block", None, None), "NVFP4A16": ("nvfp4a16", None, None)}
+# Per-tensor FP8 (E4M3) scales for keys and values, calibrated on the calibration data (static).
+FP8_KV_CACHE = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+_QUANTIZER_KEYS = {"scheme", "config_groups", "ignore", "targets", "kv_cache_scheme"}
 
 BUNDLED = RECIPES / "quantize"
 
@@ -69,33 +73,50 @@ def settings_from_recipe(path: Path) -> QuantizeSettings:
         method = "awq"
     elif "GPTQModifier" in names:
         method = "gptq"
+    elif "QuantizationModifier" in names:
+        method = "rtn"
     else:
-        raise ConfigError(f"{source}: round-to-nearest QuantizationModifier alone is not AWQ or GPTQ",
-                          hint="use GPTQModifier, or AWQModifier followed by QuantizationModifier")
+        raise ConfigError(f"{source}: no quantization modifier (QuantizationModifier or GPTQModifier)",
+                          hint=f"SmoothQuant only rescales; see {BUNDLED / 'w8a8-int8.yaml'}")
+    smoothquant = None
+    if "SmoothQuantModifier" in names:
+        smoothquant = float(mods[names.index("SmoothQuantModifier")][1].get("smoothing_strength", 0.5))
     quant_name, quant = next((n, kw) for n, kw in mods if n in QUANTIZERS)
-    bits, group_size, symmetric = _weight_args(quant, f"{source}: {quant_name}")
-    algo = dict(mods[names.index("AWQModifier")][1]) if method == "awq" else {
-        k: v for k, v in quant.items() if k not in _QUANTIZER_KEYS}
+    scheme, group_size, symmetric = _weight_args(quant, f"{source}: {quant_name}")
+    if method == "awq":
+        algo = dict(mods[names.index("AWQModifier")][1])
+    else:
+        algo = {k: v for k, v in quant.items() if k not in _QUANTIZER_KEYS}
     ignore = quant.get("ignore")
-    return QuantizeSettings(method=method, bits=bits, group_size=group_size, symmetric=symmetric,
-                            ignore=tuple(ignore) if ignore is not None else None, options=algo)
+    return QuantizeSettings(method=method, scheme=scheme, group_size=group_size, symmetric=symmetric,
+                            ignore=tuple(ignore) if ignore is not None else None, options=algo,
+                            smoothquant=smoothquant, kv_cache=_kv_cache(quant, f"{source}: {quant_name}"))
 
 
-def _weight_args(quant: dict[str, Any], where: str) -> tuple[int, int, bool]:
+def _kv_cache(quant: dict[str, Any], where: str) -> str | None:
+    kv = quant.get("kv_cache_scheme")
+    if kv is None:
+        return None
+    if not isinstance(kv, dict) or kv.get("type") != "float" or int(kv.get("num_bits", 0)) != 8:
+        raise ConfigError(f"{where}: kv_cache_scheme {kv!r} is not FP8", hint=f"use {FP8_KV_CACHE}")
+    return "fp8"
+
+
+def _weight_args(quant: dict[str, Any], where: str) -> tuple[str, int | None, bool | None]:
     if "scheme" in quant:
-        scheme = quant["scheme"]
-        if scheme not in PRESETS:
-            raise ConfigError(f"{where}: scheme {scheme!r} is not a weight-only integer scheme llmprod writes",
+        preset = quant["scheme"]
+        if preset not in PRESETS:
+            raise ConfigError(f"{where}: scheme {preset!r} is not one llmprod writes",
                               hint=f"use one of {', '.join(PRESETS)} or config_groups")
-        return PRESETS[scheme]
+        return PRESETS[preset]
     groups = quant.get("config_groups")
     if not isinstance(groups, dict) or len(groups) != 1:
         raise ConfigError(f"{where}: needs a scheme or exactly one entry in config_groups",
                           hint=f"see the bundled recipes in {BUNDLED}")
     group = next(iter(groups.values())) or {}
     if group.get("input_activations") or group.get("output_activations"):
-        raise ConfigError(f"{where}: activation quantization is not weight-only (W4A16/W8A16)",
-                          hint="remove input_activations; llmprod writes weight-only checkpoints")
+        raise ConfigError(f"{where}: config_groups with activation quantization are not a layout llmprod checks",
+                          hint="use scheme: W8A8, FP8_DYNAMIC or FP8_BLOCK for quantized activations")
     weights = group.get("weights") or {}
     try:
         bits = int(weights["num_bits"])
@@ -106,28 +127,42 @@ def _weight_args(quant: dict[str, Any], where: str) -> tuple[int, int, bool]:
         raise ConfigError(f"{where}: weights need num_bits and group_size (or strategy: channel)",
                           hint=f"see the bundled recipes in {BUNDLED}") from exc
     if weights.get("type", "int") != "int":
-        raise ConfigError(f"{where}: only integer weights are supported here", hint="use type: int")
-    return bits, group_size, symmetric
+        raise ConfigError(f"{where}: config_groups here are integer weights only",
+                          hint="use scheme: FP8_DYNAMIC, FP8_BLOCK or NVFP4A16 for float weights")
+    if bits not in (4, 8):
+        raise ConfigError(f"{where}: {bits}-bit weights are not supported", hint="use num_bits: 4 or 8")
+    return f"w{bits}a16", group_size, symmetric
 
 
 def recipe_dict(spec: QuantizeSpec) -> dict[str, Any]:
     """The llm-compressor recipe for the resolved settings (what runs, and what is saved)."""
     s = spec.settings
-    weights: dict[str, Any] = {"num_bits": s.bits, "type": "int", "symmetric": s.symmetric,
-                               "strategy": "channel" if s.group_size == -1 else "group"}
-    if s.group_size != -1:
-        weights["group_size"] = s.group_size
-    quant = {"targets": ["Linear"], "ignore": list(s.ignore or ()),
-             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}}
-    options = dict(s.options or {})
-    if s.method == "gptq":
-        modifiers = {"GPTQModifier": {**options, **quant}}
+    quant: dict[str, Any] = {"targets": ["Linear"], "ignore": list(s.ignore or ())}
+    if s.info.preset:
+        quant["scheme"] = s.info.preset
     else:
-        modifiers = {"AWQModifier": options, "QuantizationModifier": quant}
+        weights: dict[str, Any] = {"num_bits": s.bits, "type": "int", "symmetric": s.symmetric,
+                                   "strategy": "channel" if s.group_size == -1 else "group"}
+        if s.group_size != -1:
+            weights["group_size"] = s.group_size
+        quant["config_groups"] = {"group_0": {"targets": ["Linear"], "weights": weights}}
+    if s.kv_cache == "fp8":
+        quant["kv_cache_scheme"] = dict(FP8_KV_CACHE)
+    options = dict(s.options or {})
+    modifiers: dict[str, Any] = {}
+    if s.smoothquant is not None:
+        modifiers["SmoothQuantModifier"] = {"smoothing_strength": s.smoothquant}
+    if s.method == "gptq":
+        modifiers["GPTQModifier"] = {**options, **quant}
+    elif s.method == "awq":
+        modifiers.update({"AWQModifier": options, "QuantizationModifier": quant})
+    else:
+        modifiers["QuantizationModifier"] = {**options, **quant}
     return {"quant_stage": {"quant_modifiers": modifiers}}
 
 
 def recipe_yaml(spec: QuantizeSpec) -> str:
-    header = (f"# Written by llmprod: the recipe that produced this checkpoint ({spec.settings.method.upper()}, "
-              f"{spec.scheme_name()}, group size {spec.settings.group_size}).\n")
+    s = spec.settings
+    layout = f", group size {s.group_size}" if s.info.grouped else ""
+    header = f"# Written by llmprod: the recipe that produced this checkpoint ({s.method.upper()}, {spec.scheme_name()}{layout}).\n"
     return header + yaml.safe_dump(recipe_dict(spec), sort_keys=False)

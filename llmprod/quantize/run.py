@@ -123,16 +123,21 @@ def quantize(spec: QuantizeSpec, hooks: QuantizeHooks | None = None) -> dict[str
     started = time.perf_counter()
     spec.validate()
     check_output(spec)
-    calibration.check_source(spec.dataset)
+    if spec.settings.needs_data:
+        calibration.check_source(spec.dataset)
     ref = resolve_model(spec.model, spec.revision)
     device = _pick_device(spec.device)
+    if spec.gpus > 1:
+        from llmprod.quantize.distributed import check_gpus
+
+        check_gpus(spec.gpus, spec.device)
     backend = BACKENDS[spec.format]
     with library_output(spec.verbose, "quantize", llmcompressor=backend.uses_llmcompressor) as log:
         try:
             hooks.stage("checking the model and the recipe")
             source_dir, revision = source_directory(ref)
             check_group_size(quantized_linears(source_dir, spec.settings.ignore or ()), spec.settings)
-            if spec.settings.group_size not in VLLM_GROUP_SIZES:
+            if spec.settings.info.grouped and spec.settings.group_size not in VLLM_GROUP_SIZES:
                 hooks.warn(f"group size {spec.settings.group_size} is valid, but vLLM's Marlin kernels serve "
                            f"only {', '.join(map(str, VLLM_GROUP_SIZES))}")
             recipe = recipe_dict(spec)
@@ -151,12 +156,17 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
     import torch
     transformers = require("transformers", "model")
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir)
-    hooks.stage(f"reading calibration data from {spec.dataset}")
-    calib = calibration.load_calibration(spec.dataset, tokenizer, spec.num_samples, spec.seq_len, spec.seed)
-    if len(calib.samples) < spec.num_samples:
-        hooks.warn(f"{spec.dataset} gave {len(calib.samples)} samples of up to {spec.seq_len} tokens, "
-                   f"fewer than --num-samples {spec.num_samples}; using all of them")
+    s = spec.settings
+    calib = None
+    if s.needs_data:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir)
+        hooks.stage(f"reading calibration data from {spec.dataset}")
+        calib = calibration.load_calibration(spec.dataset, tokenizer, spec.num_samples, spec.seq_len, spec.seed)
+        if len(calib.samples) < spec.num_samples:
+            hooks.warn(f"{spec.dataset} gave {len(calib.samples)} samples of up to {spec.seq_len} tokens, "
+                       f"fewer than --num-samples {spec.num_samples}; using all of them")
+    else:
+        hooks.stage(f"{s.method.upper()} {s.scheme}: no calibration data is read (the weights are rounded as they are)")
 
     spec.output.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{spec.output.name}{TMP_MARKER}", dir=spec.output.parent))
@@ -164,14 +174,24 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         torch.manual_seed(spec.seed)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        hooks.stage(f"quantizing with {backend.library} ({spec.settings.method.upper()} {spec.scheme_name()}, "
-                    f"group size {spec.settings.group_size}) on {device}")
+        layout = f", group size {s.group_size}" if s.info.grouped else ""
+        where = f"{spec.gpus} GPUs (data-parallel calibration)" if spec.gpus > 1 else device
+        hooks.stage(f"quantizing with {backend.library} ({s.method.upper()} {spec.scheme_name()}{layout}) on {where}")
         t0 = time.perf_counter()
+        job = QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer)
+        peak_gpu_ranks = None
         with interrupts.latched():
-            backend.run(QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer))
+            if spec.gpus > 1:
+                from llmprod.quantize.distributed import run_distributed
+
+                peak_gpu_ranks = run_distributed(job)
+            else:
+                backend.run(job)
         quantize_seconds = time.perf_counter() - t0
         gc.collect()  # the backend's model is garbage now: free it before the reload check
         peak_gpu = torch.cuda.max_memory_allocated() if device == "cuda" else None
+        if spec.gpus > 1:
+            peak_gpu = max(peak_gpu_ranks or [0]) or None  # the busiest rank's
         peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
         (workdir / "recipe.yaml").write_text(backend.record(spec, workdir))
         hooks.stage("reloading the checkpoint with transformers")
@@ -180,13 +200,20 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         reload_seconds = time.perf_counter() - t0
         result = {
             "output": str(spec.output),
-            "method": spec.settings.method,
+            "method": s.method,
             "format": spec.format,
-            "scheme": spec.scheme_name(),
-            "bits": spec.settings.bits,
-            "group_size": spec.settings.group_size,
-            "symmetric": spec.settings.symmetric,
-            "ignore": list(spec.settings.ignore or ()),
+            "scheme": s.scheme,
+            "compressed_tensors_scheme": spec.scheme_name(),
+            "weights": s.info.weights,
+            "activations": s.info.activations or "16-bit",
+            "bits": s.bits,
+            "group_size": s.group_size,
+            "symmetric": s.symmetric,
+            "smoothquant": s.smoothquant,
+            "kv_cache_scheme": s.kv_cache,
+            "calibration_read": calib is not None,
+            "gpus": spec.gpus,
+            "ignore": list(s.ignore or ()),
             "size_bytes_before": weights_size(source_dir),
             "size_bytes_after": weights_size(workdir),
             "seconds": round(time.perf_counter() - started, 2),
@@ -200,7 +227,7 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         manifest = {
             **result,
             "source": {"model": spec.model, "revision": revision, "path": str(source_dir)},
-            "calibration": {**calib.describe(), "seq_len": spec.seq_len, "seed": spec.seed},
+            "calibration": ({**calib.describe(), "seq_len": spec.seq_len, "seed": spec.seed} if calib else None),
             "recipe": "recipe.yaml",
             "library_versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -253,6 +280,20 @@ def model_card(spec: QuantizeSpec, manifest: dict[str, Any]) -> str:
     s = spec.settings
     name = spec.output.name
     fmt = BACKENDS[spec.format].serves_as
+    if s.info.grouped:
+        weights = (f"{s.bits}-bit integer, group size {s.group_size}, "
+                   f"{'symmetric' if s.symmetric else 'asymmetric (zero points)'}")
+    else:
+        weights = s.info.weights
+    cal = manifest["calibration"]
+    calibration_row = (f"{cal['samples']} samples of up to {spec.seq_len} tokens from `{spec.dataset}` "
+                       f"(fingerprint `{cal['fingerprint']}`)" if cal else "none: the weights were rounded as they are")
+    extra = ""
+    if s.smoothquant is not None:
+        extra += f"| SmoothQuant | strength {s.smoothquant}, before {s.method.upper()} |\n"
+    if s.kv_cache:
+        extra += "| KV cache | FP8 (E4M3), calibrated per-tensor scales: serve with `--kv-cache-dtype fp8` |\n"
+    serve_flags = " --kv-cache-dtype fp8" if s.kv_cache else ""
     return f"""# {name}
 
 {s.method.upper()} {spec.scheme_name()} quantization of `{spec.model}`, made with llmprod.
@@ -260,16 +301,18 @@ def model_card(spec: QuantizeSpec, manifest: dict[str, Any]) -> str:
 | | |
 |---|---|
 | method | {s.method.upper()} |
-| weights | {s.bits}-bit integer, group size {s.group_size}, {'symmetric' if s.symmetric else 'asymmetric (zero points)'} |
-| not quantized | {', '.join(s.ignore or ()) or 'nothing'} |
+| weights | {weights} |
+| activations | {s.info.activations or '16-bit (weight-only)'} |
+{extra}| not quantized | {', '.join(s.ignore or ()) or 'nothing'} |
 | format | {fmt} |
-| calibration | {manifest['calibration']['samples']} samples of up to {spec.seq_len} tokens from `{spec.dataset}` (fingerprint `{manifest['calibration']['fingerprint']}`) |
+| hardware | {s.info.hardware} |
+| calibration | {calibration_row} |
 | size | {manifest['size_bytes_before']:,} bytes before, {manifest['size_bytes_after']:,} after |
 
 ## Serve it
 
 ```bash
-vllm serve {spec.output}          # quantization is read from config.json
+vllm serve {spec.output}{serve_flags}          # quantization is read from config.json
 llmprod serve {spec.output}       # vLLM or the embedded engine, behind the guarded gateway
 ```
 

@@ -18,12 +18,20 @@ from llmprod.quantize.calibration import load_calibration
 # a broken quantizer (wrong packing order, wrong scales, lost zero points) costs hundreds of percent.
 MAX_INCREASE = 0.10
 
+CALIBRATION = ["--num-samples", "16", "--seq-len", "256"]  # with --dataset, for the schemes that read data
 VARIANTS = {
     "gptq": ["--method", "gptq"],
     "awq": ["--method", "awq"],
     "awq-gemm": ["--method", "awq", "--format", "awq"],
     "gptq-w8": ["--recipe", "gptq-w8a16"],
+    # Hopper's schemes. FP8 and NVFP4 round the weights without data; INT8 W8A8 is SmoothQuant + GPTQ.
+    "w8a8-fp8": ["--scheme", "w8a8-fp8"],
+    "fp8-block": ["--recipe", "fp8-block"],
+    "nvfp4a16": ["--scheme", "nvfp4a16"],
+    "w8a8-int8": ["--scheme", "w8a8-int8"],
+    "gptq-kv-fp8": ["--method", "gptq", "--kv-cache-scheme", "fp8"],
 }
+DATA_FREE = {"w8a8-fp8", "fp8-block", "nvfp4a16"}
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +50,8 @@ def quantized(request, trained_model_dir, calibration_file, tmp_path_factory):
     from llmprod.cli.app import app
 
     out = tmp_path_factory.mktemp(request.param) / "model"
-    args = ["quantize", str(trained_model_dir), *VARIANTS[request.param], "--output", str(out),
-            "--dataset", str(calibration_file), "--num-samples", "16", "--seq-len", "256", "--json"]
+    data = [] if request.param in DATA_FREE else ["--dataset", str(calibration_file), *CALIBRATION]
+    args = ["quantize", str(trained_model_dir), *VARIANTS[request.param], "--output", str(out), *data, "--json"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     return request.param, out, json.loads(result.stdout)
@@ -62,17 +70,40 @@ def test_checkpoint_is_complete_and_says_how_it_was_made(quantized):
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temporary left beside it
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     manifest = json.loads((out / "llmprod.json").read_text())
+    weights = qc.get("config_groups", {}).get("group_0", {}).get("weights", {})
+    acts = qc.get("config_groups", {}).get("group_0", {}).get("input_activations") or {}
     if doc["format"] == "awq":
         assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["version"]) == ("awq", 4, 128, "gemm")
-    else:
-        weights = qc["config_groups"]["group_0"]["weights"]
+    elif doc["scheme"] in ("w4a16", "w8a16"):
         assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
         assert (weights["num_bits"], weights["group_size"]) == (doc["bits"], 128)
         assert weights["symmetric"] is (doc["method"] == "gptq")
-        assert qc["ignore"] == ["lm_head"]
-    assert manifest["calibration"]["samples"] == 16 and len(manifest["calibration"]["fingerprint"]) == 16
+    elif doc["scheme"] == "w8a8-int8":  # what vLLM's INT8 W8A8 kernels load
+        assert (weights["type"], weights["num_bits"], weights["strategy"]) == ("int", 8, "channel")
+        assert (acts["type"], acts["num_bits"], acts["dynamic"], acts["strategy"]) == ("int", 8, True, "token")
+        assert doc["smoothquant"] == 0.8 and "SmoothQuantModifier" in (out / "recipe.yaml").read_text()
+    elif doc["scheme"] == "nvfp4a16":
+        assert (weights["type"], weights["num_bits"], weights["group_size"], acts) == ("float", 4, 16, {})
+    else:  # FP8: per channel, or 128x128 blocks; activations dynamic
+        assert (weights["type"], weights["num_bits"], acts["type"], acts["dynamic"]) == ("float", 8, "float", True)
+        assert weights["strategy"] == ("block" if doc["scheme"] == "fp8-block" else "channel")
+    if doc["format"] != "awq":
+        assert qc["quant_method"] == "compressed-tensors" and qc["ignore"] == ["lm_head"]
+    if name == "gptq-kv-fp8":  # calibrated scales vLLM reads with --kv-cache-dtype fp8
+        assert qc["kv_cache_scheme"]["type"] == "float" and qc["kv_cache_scheme"]["num_bits"] == 8
+        from llmprod.memory.weights import safetensors_tensors
+
+        scales = [k for k in safetensors_tensors(out) if k.endswith((".k_scale", ".v_scale"))]
+        assert len(scales) == 2 * 4  # keys and values of each of the 4 layers
+    if name in DATA_FREE:  # round to nearest: nothing read, and the run says so
+        assert doc["calibration_read"] is False and manifest["calibration"] is None
+        assert "no calibration data" in (out / "README.md").read_text().lower() or \
+            "none: the weights were rounded" in (out / "README.md").read_text()
+    else:
+        assert manifest["calibration"]["samples"] == 16 and len(manifest["calibration"]["fingerprint"]) == 16
     assert manifest["library_versions"]["transformers"]
     assert manifest["reload_check"]["finite_logits"] is True
+    # The tiny model is float32 and its 1,024 x 128 embeddings and head are a third of it and stay 32-bit.
     assert doc["size_bytes_after"] < doc["size_bytes_before"] * (0.5 if doc["bits"] == 4 else 0.6)
     assert "vllm serve" in (out / "README.md").read_text()
 
