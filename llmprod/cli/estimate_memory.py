@@ -18,7 +18,7 @@ def estimate_memory(
                                          show_default=False)],
     context: Annotated[int, typer.Option("--context", help="Tokens per sequence (vLLM's max_model_len).")] = 4096,
     batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
-    weights: Annotated[str, typer.Option("--weights", help="auto (from the checkpoint), bf16, fp16, fp8, int8, w4a16, w8a16, awq, gptq.")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help="auto (from the checkpoint), bf16, fp16, fp8, int8, w4a16, w8a16, awq, gptq, or a quantize --scheme (w8a8-fp8, fp8-block, w8a8-int8, nvfp4a16).")] = "auto",
     group_size: Annotated[int, typer.Option("--group-size", help="Group size of group-quantized weights.")] = 128,
     kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="auto (the model's dtype), bf16, fp16 or fp8.")] = "auto",
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, RTX4090, RTX3090, B200, MI300X.")] = None,

@@ -92,14 +92,34 @@ def estimate(spec: MemorySpec) -> dict[str, Any]:
     if shape.num_heads % spec.tp:
         raise InputError(f"--tp {spec.tp} does not divide the model's {shape.num_heads} attention heads",
                          hint="vLLM needs the heads split evenly; try a divisor of the head count")
-    kv_bytes = KV_DTYPES[spec.kv_cache_dtype] or DTYPE_BYTES.get(shape.dtype, 2)
+    kv_bytes = kv_cache_bytes(spec.kv_cache_dtype, shape)
     release, note = release_for(spec.vllm_version)
     result = _estimate(spec, shape, config, directory, kv_bytes, release, whatifs=True)
-    result["vllm"] = {"version": spec.vllm_version, "from": spec.vllm_version_from, "defaults_of": release.version,
+    result["vllm"] = {"kv_cache_dtype": _kv_dtype_note(spec.kv_cache_dtype, shape, kv_bytes),
+                      "version": spec.vllm_version, "from": spec.vllm_version_from, "defaults_of": release.version,
                       "note": note, "gpu_memory_utilization": _utilization(spec, release),
                       "dtype": shape.dtype if shape.dtype == shape.checkpoint_dtype
                       else f"{shape.dtype} (config.json says {shape.checkpoint_dtype}; vLLM downcasts it)"}
     return result
+
+
+def checkpoint_kv_scheme(shape: ModelShape) -> dict | None:
+    """The KV cache quantization a compressed-tensors checkpoint declares (llmprod quantize --kv-cache-scheme)."""
+    return (shape.quantization_config or {}).get("kv_cache_scheme")
+
+
+def kv_cache_bytes(kv_cache_dtype: str, shape: ModelShape) -> int:
+    """Bytes per cached element. vLLM's `auto` is the model's dtype, except for a checkpoint that declares a
+    kv_cache_scheme: vLLM (0.26) then caches in FP8 with the checkpoint's calibrated scales."""
+    if kv_cache_dtype == "auto" and checkpoint_kv_scheme(shape):
+        return 1
+    return KV_DTYPES[kv_cache_dtype] or DTYPE_BYTES.get(shape.dtype, 2)
+
+
+def _kv_dtype_note(kv_cache_dtype: str, shape: ModelShape, kv_bytes: int) -> str:
+    if kv_cache_dtype == "auto" and checkpoint_kv_scheme(shape):
+        return "fp8 (auto: the checkpoint declares a kv_cache_scheme, with calibrated scales)"
+    return kv_cache_dtype if kv_cache_dtype != "auto" else f"auto ({kv_bytes} bytes: the model's dtype)"
 
 
 def _utilization(spec: MemorySpec, release: VllmRelease) -> float:

@@ -19,7 +19,8 @@ from pathlib import Path
 from llmprod.errors import InputError
 from llmprod.memory.model import DTYPE_BYTES, ModelShape, decoder_layer_params, parameter_count
 
-WEIGHT_FORMATS = ("auto", "bf16", "fp16", "fp8", "int8", "w4a16", "w8a16", "awq", "gptq")
+WEIGHT_FORMATS = ("auto", "bf16", "fp16", "fp8", "int8", "w4a16", "w8a16", "awq", "gptq",
+                  "w8a8-int8", "w8a8-fp8", "fp8-block", "nvfp4a16")
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
 
@@ -33,12 +34,15 @@ class WeightFormat:
     base_bytes: int  # dtype of everything that is not quantized
     scale_bytes: int = 2  # per group and output channel
     attention_quantized: bool = True  # gpt-oss's MXFP4 covers only the experts
+    # Bytes per zero point once served; None: packed at the weights' bits. vLLM's Machete kernel (Hopper) keeps
+    # compressed-tensors' zero points unpacked and pre-multiplied by the scale, in the scales' 16 bits.
+    zero_bytes: float | None = None
 
     def linear_bytes(self, params: float) -> float:
         if self.group_size is None:
             return params * self.linear_bits / 8
         groups = params / self.group_size
-        zeros = groups * self.linear_bits / 8 if self.zero_points else 0
+        zeros = groups * (self.zero_bytes or self.linear_bits / 8) if self.zero_points else 0
         return params * self.linear_bits / 8 + groups * self.scale_bytes + zeros
 
 
@@ -57,7 +61,16 @@ def weight_format(name: str, shape: ModelShape, group_size: int) -> WeightFormat
         "w4a16": WeightFormat("w4a16", 4, group_size, False, base),
         "gptq": WeightFormat("gptq", 4, group_size, True, base),  # legacy GPTQ stores zeros even when symmetric
         "awq": WeightFormat("awq", 4, group_size, True, base),
-    }[name]
+        # llmprod quantize's schemes. Per-channel and 128x128-block scales are under 0.1% of the weights.
+        "w8a8-int8": WeightFormat("w8a8-int8", 8, None, False, base),
+        "w8a8-fp8": WeightFormat("w8a8-fp8", 8, None, False, base),
+        "fp8-block": WeightFormat("fp8-block", 8, None, False, base),
+    }.get(name) or _nvfp4(base)
+
+
+def _nvfp4(base: int) -> WeightFormat:
+    """FP4 E2M1 weights, one FP8 scale per 16 (plus a global scale per tensor, negligible)."""
+    return WeightFormat("nvfp4a16", 4, 16, False, base, scale_bytes=1)
 
 
 def _format_from_checkpoint(shape: ModelShape, group_size: int) -> WeightFormat:
@@ -77,10 +90,16 @@ def _format_from_checkpoint(shape: ModelShape, group_size: int) -> WeightFormat:
         group = next(iter((qc.get("config_groups") or {}).values()), {})
         weights = group.get("weights") or {}
         bits = int(weights.get("num_bits", 8))
+        acts = group.get("input_activations") or {}
+        a = f"a{acts.get('num_bits', 16)}" if acts else "a16"
         if weights.get("type") == "float":
-            return WeightFormat(f"compressed-tensors fp{bits}", bits, None, False, base)
+            if bits == 4:
+                return WeightFormat("compressed-tensors nvfp4a16", 4, int(weights.get("group_size") or 16), False,
+                                    base, scale_bytes=1)
+            return WeightFormat(f"compressed-tensors fp{bits} w{bits}{a}", bits, None, False, base)
         gs = weights.get("group_size") if weights.get("strategy") == "group" else None
-        return WeightFormat(f"compressed-tensors w{bits}a16", bits, gs, not weights.get("symmetric", True), base)
+        asym = not weights.get("symmetric", True)
+        return WeightFormat(f"compressed-tensors w{bits}{a}", bits, gs, asym, base, zero_bytes=2 if asym else None)
     raise InputError(f"quantization method {method!r} in config.json is not one llmprod can size",
                      hint=f"pass --weights with one of {', '.join(WEIGHT_FORMATS[1:])}")
 
@@ -137,7 +156,20 @@ def estimate_weights(shape: ModelShape, fmt: WeightFormat, tp: int, stage_ranges
             if shape.tie_word_embeddings and last == 0:
                 total -= embed / tp * fmt.base_bytes  # one tensor serves both
         per_stage.append(total)
-    return WeightsEstimate(int(max(per_stage)), parameter_count(shape), fmt.name, "from the architecture")
+    return WeightsEstimate(int(max(per_stage)) + rope_cache_bytes(shape), parameter_count(shape), fmt.name,
+                           "from the architecture")
+
+
+def rope_cache_bytes(shape: ModelShape) -> int:
+    """vLLM's rotary cos/sin table, one per distinct rope, counted in its "Model loading took" figure:
+    max_position_embeddings x rotary dim in the model's dtype (32 MiB for Llama-3.1's 131,072 positions)."""
+    raw = shape.raw
+    if shape.is_mla:
+        rotary = int(raw.get("qk_rope_head_dim") or 0)
+    else:
+        rotary = int(shape.head_dim * float(raw.get("partial_rotary_factor", 1.0)))
+    ropes = 2 if raw.get("rope_local_base_freq") else 1  # Gemma 3: a local and a global rope
+    return ropes * shape.max_position_embeddings * rotary * DTYPE_BYTES.get(shape.dtype, 2)
 
 
 def _from_tensors(shape: ModelShape, tp: int, stage_ranges: list[range],
@@ -163,6 +195,7 @@ def _from_tensors(shape: ModelShape, tp: int, stage_ranges: list[range],
         else:
             stage = len(stage_ranges) - 1
         per_stage[stage] += size / tp if len(dims) >= 2 else size  # norms and biases are replicated
+    per_stage = [b + rope_cache_bytes(shape) for b in per_stage]
     how = "from the safetensors headers"
     if downcast:
         how += f", {shape.checkpoint_dtype} tensors at {served} bytes as vLLM serves them ({shape.dtype})"

@@ -19,12 +19,12 @@ from llmprod.quantize.recipes import recipe_dict
 from llmprod.quantize.spec import QuantizeSpec
 
 GiB = 1024**3
-# Measured on one H200 (benchmarks/results/quantize-8b-*-h200.json, h200-quantize/): a Llama-3.1-8B shape,
+# Measured on one H200 (benchmarks/results/quantize-8b-*-h200.json, h200-formats/): a Llama-3.1-8B shape,
 # 32 samples x 512 tokens. Seconds of the algorithm itself, and of loading + saving + the reload check.
 REFERENCE_PARAMETERS = 8.03e9
 REFERENCE_TOKENS = 16384
-METHOD_SECONDS = {"gptq": 47.0, "awq": 92.0, "rtn": 20.0}
-SMOOTHQUANT_SECONDS = 15.0
+METHOD_SECONDS = {"gptq": 47.0, "awq": 92.0, "rtn": 18.0}  # rtn: FP8/NVFP4, benchmarks/results/h200-formats
+SMOOTHQUANT_SECONDS = 20.0
 IO_SECONDS = 15.0
 # Share of a method's time that grows with the calibration tokens (the rest: quantizing the weights).
 TOKEN_SHARE = {"gptq": 0.5, "awq": 0.7, "rtn": 0.0}

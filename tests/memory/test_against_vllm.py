@@ -120,3 +120,32 @@ def test_bad_vllm_inputs_are_one_line_exit_2(cli, tmp_path, args, words):
     result = cli("estimate-memory", str(DATA / "model-configs" / "meta-llama__Llama-3.1-8B-Instruct.json"), *args)
     assert result.exit_code == 2, result.stdout + result.stderr
     assert words in " ".join(result.stderr.split()) and result.stderr.strip().count("\n") == 0
+
+
+FORMAT_RUNS = [r for r in RUNS["runs"] if r["log"].endswith("-4k.log")]
+
+
+@pytest.mark.parametrize("planned", FORMAT_RUNS, ids=[r["log"].removesuffix("-4k.log") for r in FORMAT_RUNS],
+                         indirect=True)
+def test_each_format_llmprod_writes_is_sized_within_1_percent_of_vllms_weights(planned):
+    """Issue #18: bf16, GPTQ/AWQ W4A16, W8A16, FP8 (channel and block), INT8 W8A8 and NVFP4, from config.json's
+    quantization_config alone (the architecture path: no safetensors here), against "Model loading took"."""
+    _, _, _, result, rows = planned
+    assert result["weights_estimated"].startswith("from the architecture")
+    assert rows["weights"]["ratio"] == pytest.approx(1, abs=0.01), rows["weights"]
+
+
+def test_a_checkpoint_with_kv_cache_scales_is_planned_with_an_fp8_cache():
+    """vLLM 0.26 caches in FP8 when the checkpoint declares a kv_cache_scheme, even with --kv-cache-dtype auto."""
+    config = json.loads((DATA / "vllm-0.26.0" / "llama-3.1-8b-w8a8-fp8.json").read_text())
+    plain = estimate(MemorySpec(model=str(DATA / "vllm-0.26.0" / "llama-3.1-8b-w8a8-fp8.json"), context=4096,
+                                kv_cache_memory_bytes=10 * GiB))
+    assert plain["kv_bytes_per_token"] == 32 * 8 * 128 * 2 * 2  # bf16 keys and values
+    path = Path(__import__("tempfile").mkdtemp()) / "config.json"
+    config["quantization_config"]["kv_cache_scheme"] = {"num_bits": 8, "type": "float", "strategy": "tensor",
+                                                         "dynamic": False, "symmetric": True}
+    path.write_text(json.dumps(config))
+    scaled = estimate(MemorySpec(model=str(path), context=4096, kv_cache_memory_bytes=10 * GiB))
+    assert scaled["kv_bytes_per_token"] == plain["kv_bytes_per_token"] // 2
+    assert scaled["kv_cache_tokens"] == pytest.approx(2 * plain["kv_cache_tokens"], rel=0.001)
+    assert scaled["vllm"]["kv_cache_dtype"].startswith("fp8 (auto")
