@@ -12,11 +12,12 @@ run() { printf '$ %s\n' "$*" >&2; "$@"; }
 step "1. build the tiny model (Llama architecture, trained ~1 min on this Python's docs)"
 run llmprod tiny-model "$WORK/tiny" --trained --texts "$WORK"
 
-step "2. quantize it: GPTQ W4A16 and AWQ W4A16 (llm-compressor, compressed-tensors for vLLM)"
+step "2. quantize it: GPTQ W4A16, AWQ W4A16 and FP8 W8A8 (llm-compressor, compressed-tensors for vLLM)"
 run llmprod quantize "$WORK/tiny" --method gptq --output "$WORK/tiny-gptq" \
     --dataset "$WORK/calibration.txt" --num-samples 32 --seq-len 512
 run llmprod quantize "$WORK/tiny" --method awq --output "$WORK/tiny-awq" \
     --dataset "$WORK/calibration.txt" --num-samples 32 --seq-len 512 --eval --eval-dataset "$WORK/eval.txt"
+run llmprod quantize "$WORK/tiny" --scheme w8a8-fp8 --output "$WORK/tiny-fp8"   # round to nearest: no data read
 
 step "3. the CI gate: perplexity of each quantized model against the original (exit 1 past +5%)"
 run llmprod perplexity "$WORK/tiny-gptq" --baseline "$WORK/tiny" --dataset "$WORK/eval.txt" \
@@ -24,6 +25,8 @@ run llmprod perplexity "$WORK/tiny-gptq" --baseline "$WORK/tiny" --dataset "$WOR
 run llmprod perplexity "$WORK/tiny-awq" --baseline "$WORK/tiny" --dataset "$WORK/eval.txt" \
     --seq-len 512 --max-increase 0.05 --json > "$WORK/perplexity-awq.json"
 echo "gate result written to $WORK/perplexity-awq.json" >&2
+run llmprod perplexity "$WORK/tiny-fp8" --baseline "$WORK/tiny" --dataset "$WORK/eval.txt" \
+    --seq-len 512 --max-increase 0.05
 
 step "4. plan GPU memory for the quantized model, and for a real Llama-3.1-8B config, as vLLM would allocate it"
 run llmprod estimate-memory "$WORK/tiny-gptq" --gpu L4 --context 2048 --batch 8

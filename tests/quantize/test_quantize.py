@@ -174,3 +174,23 @@ def test_chat_messages_are_rendered_with_the_chat_template(tiny_model_dir, tmp_p
     text = tok.decode(calib.samples[0])
     assert len(calib.samples) == 3
     assert text.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>") and "<|eot_id|>" in text
+
+
+@pytest.mark.slow
+def test_the_gate_fails_a_checkpoint_with_broken_scales(cli, trained_model_dir, eval_text_file, tmp_path):
+    """The gate MAX_INCREASE lets every scheme above through; scales off by 4x (a wrong layout or dtype would
+    do the like) must not get through it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "fp8"
+    assert cli("quantize", trained_model_dir, "--scheme", "w8a8-fp8", "--output", out).exit_code == 0
+    weights = out / "model.safetensors"
+    state = load_file(weights)
+    broken = {k: (v * 4 if k.endswith(".weight_scale") and "mlp" in k else v) for k, v in state.items()}
+    assert any(not torch.equal(broken[k], state[k]) for k in state)
+    save_file(broken, weights, metadata={"format": "pt"})
+    result = cli("perplexity", out, "--baseline", trained_model_dir, "--dataset", eval_text_file,
+                 "--seq-len", 512, "--max-increase", MAX_INCREASE, "--json")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.json()["increase"] > MAX_INCREASE
