@@ -17,6 +17,7 @@ class RequestResult:
     prompt_tokens: int | None = None
     usage_reported: bool = False
     error: str | None = None
+    queued: float | None = None  # open loop with --max-concurrency: seconds from its arrival to being sent
 
     @property
     def ttft(self) -> float | None:
@@ -74,11 +75,14 @@ class Goodput:
         return True
 
 
-def summarize(concurrency: int, results: list[RequestResult], wall: float, goodput: Goodput | None,
-              interrupted: bool = False) -> dict[str, Any]:
+def summarize(concurrency: int | None, results: list[RequestResult], wall: float, goodput: Goodput | None,
+              interrupted: bool = False, rate: float | None = None) -> dict[str, Any]:
+    """One level. Closed loop: `concurrency` streams. Open loop: `rate` offered requests/s, `concurrency`
+    the --max-concurrency cap (None: none); `requests_per_s` is always the achieved rate."""
     ok = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
-    level: dict[str, Any] = {
+    level: dict[str, Any] = {"rate": rate} if rate is not None else {}
+    level.update({
         "concurrency": concurrency,
         "requests": len(ok),
         "errors": len(results) - len(ok),
@@ -91,7 +95,10 @@ def summarize(concurrency: int, results: list[RequestResult], wall: float, goodp
         "output_tokens_per_s": out_tokens / wall if wall > 0 else 0.0,
         "requests_per_s": len(ok) / wall if wall > 0 else 0.0,
         "usage_reported": all(r.usage_reported for r in ok) if ok else False,
-    }
+    })
+    queued = [r.queued for r in results if r.queued is not None]
+    if queued:
+        level["queue_ms"] = _ms(queued)
     if goodput is not None:
         good = sum(1 for r in results if goodput.met_by(r))
         level["goodput_requests_per_s"] = good / wall if wall > 0 else 0.0
