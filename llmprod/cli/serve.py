@@ -42,6 +42,9 @@ def serve(
                                                       "default).")] = None,
     no_guardrails: Annotated[bool, typer.Option("--no-guardrails", help="Check nothing.")] = False,
     api_key: ApiKeyOpt = None,
+    api_keys: Annotated[Optional[Path], typer.Option(
+        "--api-keys", help="A file of client keys (one per line, or YAML with name, key or sha256, "
+        "requests_per_minute, tokens_per_minute); reloaded on SIGHUP.")] = None,
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="Requests in flight before 429.")]
     = DEFAULTS.max_concurrency,
     max_body_size: Annotated[str, typer.Option("--max-body-size", help="Largest request body, e.g. 4MiB.")]
@@ -76,7 +79,7 @@ def serve(
                                 kv_cache_dtype=kv_cache_dtype, tensor_parallel_size=tensor_parallel_size,
                                 extra_args=tuple(ctx.args))
         spec = ServeSpec(model=model, engine=engine.value, upstream=upstream, host=host, port=port,
-                         guardrails=guardrails, no_guardrails=no_guardrails, api_key=api_key or None,
+                         guardrails=guardrails, no_guardrails=no_guardrails, api_key=api_key or None, api_keys=api_keys,
                          max_concurrency=max_concurrency, max_body_size=parse_size(max_body_size, "--max-body-size"),
                          request_timeout=request_timeout, served_model_name=served_model_name,
                          engine_options=options, vllm_bin=vllm_bin, engine_timeout=engine_timeout,

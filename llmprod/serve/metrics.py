@@ -38,6 +38,12 @@ class GatewayMetrics:
         self.e2e = Histogram("llmprod_e2e_request_latency_seconds",
                              "From the request's arrival to the last byte of the answer.",
                              ["route"], buckets=E2E_BUCKETS, registry=registry)
+        self.client_requests = Counter("llmprod_client_requests", "Generation requests by client (--api-keys name) "
+                                       "and HTTP status.", ["key", "status"], registry=registry)
+        self.client_tokens = Counter("llmprod_client_tokens", "Prompt + completion tokens by client, from usage.",
+                                     ["key"], registry=registry)
+        self.rate_limited = Counter("llmprod_rate_limited", "Requests refused with 429 by a client's limit.",
+                                    ["key", "limit"], registry=registry)
         self.prompt_tokens = Counter("llmprod_prompt_tokens", "Prompt tokens, from the upstream's usage.",
                                      ["route"], registry=registry)
         self.output_tokens = Counter("llmprod_output_tokens",
@@ -63,10 +69,17 @@ class GatewayMetrics:
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int):
+        prompt = prompt if isinstance(prompt, int) and prompt >= 0 else None
+        completion = completion if isinstance(completion, int) and completion >= 0 else None
+        if prompt is not None:
             self.prompt_tokens.labels(route).inc(prompt)
-        if isinstance(completion, int):
+        if completion is not None:
             self.output_tokens.labels(route).inc(completion)
+        from llmprod.serve.keys import charge_current
+
+        client = charge_current(prompt, completion)
+        if client is not None:
+            self.client_tokens.labels(client).inc((prompt or 0) + (completion or 0))
 
     def guard_observer(self) -> "GuardMetrics":
         return GuardMetrics(self)

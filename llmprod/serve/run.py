@@ -86,10 +86,13 @@ class _Signals:
         self.serving = False
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
+        self.on_hangup: Callable[[], None] | None = None  # SIGHUP: reload --api-keys
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        if self.on_hangup is not None and hasattr(signal, "SIGHUP"):
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: self.on_hangup())
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -121,12 +124,19 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
         engine = EngineProcess(command, log)
         state = EngineState(command.base_url, supervised=True)
         out.note(f"engine: {command.kind} ({command.reason}); log: {log}")
-    config = GatewayConfig(api_key=spec.api_key, max_concurrency=spec.max_concurrency,
+    keys = None
+    if spec.api_keys is not None:
+        from llmprod.serve.keys import KeyRing, load_keys
+
+        keys = KeyRing(load_keys(spec.api_keys))
+    config = GatewayConfig(api_key=spec.api_key, keys=keys, max_concurrency=spec.max_concurrency,
                            max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
                            models=models)
     upstream = AiohttpUpstream(state.base_url, spec.request_timeout)
     gateway = Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream)
     signals = _Signals()
+    if keys is not None:
+        signals.on_hangup = lambda: _reload_keys(spec.api_keys, keys, out)
     signals.install()
     try:
         _run_loop(_serve(spec, out, gateway, engine, guard_lines, signals, on_ready))
@@ -135,6 +145,20 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
         if engine is not None:
             engine.stop()
             out.info(f"engine stopped (pid {engine.pid})")
+
+
+def _reload_keys(path: Path, keys, out: Output) -> None:
+    """SIGHUP: read --api-keys again; a file with an error leaves the keys in force as they were."""
+    from llmprod.errors import LlmprodError
+    from llmprod.serve.keys import load_keys
+
+    try:
+        fresh = load_keys(path)
+    except LlmprodError as exc:
+        out.warn(f"SIGHUP: --api-keys not reloaded, the keys in force stay: {exc}")
+        return
+    keys.replace(fresh)
+    out.info(f"SIGHUP: --api-keys reloaded: {len(fresh)} client(s)")
 
 
 def _run_loop(coro) -> None:
@@ -211,7 +235,8 @@ def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | N
         "engine_log": str(engine.log_path) if engine else None,
         **_engine_startup(engine),
         "upstream": gateway.state.base_url,
-        "auth": "api key" if spec.api_key else "none",
+        "auth": (f"api keys: {len(gateway.keys.names)} client(s) from {spec.api_keys}" if spec.api_keys
+                 else "api key" if spec.api_key else "none"),
         "guardrails": guard_lines,
         "max_concurrency": spec.max_concurrency,
         "startup_seconds": round(seconds, 2),

@@ -32,6 +32,7 @@ class ServeSpec:
     guardrails: str | None = None
     no_guardrails: bool = False
     api_key: str | None = None
+    api_keys: Path | None = None  # a file of client keys and limits (keys.py), reloaded on SIGHUP
     max_concurrency: int = 256
     max_body_size: int = 4 * 1024 * 1024
     request_timeout: float = 600.0
@@ -51,6 +52,9 @@ class ServeSpec:
         if self.upstream and self.engine != "auto":
             raise InputError("--engine starts an engine; --upstream fronts one that is running",
                              hint="drop one of them")
+        if self.api_key and self.api_keys:
+            raise InputError("--api-key and --api-keys both given",
+                             hint="put that key in the --api-keys file (one client per entry), or drop the file")
         if self.no_guardrails and self.guardrails:
             raise InputError("--guardrails and --no-guardrails contradict each other", hint="keep one")
         if not 0 < self.port < 65536:

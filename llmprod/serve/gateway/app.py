@@ -28,7 +28,8 @@ PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    api_key: str | None = None
+    api_key: str | None = None  # one client, "default"; or `keys`
+    keys: object | None = None  # a keys.KeyRing (--api-keys), reloadable
     max_concurrency: int = ServeSpec.max_concurrency
     max_body_size: int = ServeSpec.max_body_size
     request_timeout: float = ServeSpec.request_timeout
@@ -44,6 +45,12 @@ class Gateway:
         self.guard = guard
         self.metrics = metrics or GatewayMetrics()
         self.upstream = upstream or AiohttpUpstream(state.base_url, config.request_timeout)
+        # The KeyRing in force: --api-keys, or --api-key as one client named "default", or None (no auth).
+        self.keys = config.keys
+        if self.keys is None and config.api_key:
+            from llmprod.serve.keys import KeyRing, single_key
+
+            self.keys = KeyRing(single_key(config.api_key))
         self.app = self._build_app()
 
     def _build_app(self):
@@ -72,7 +79,7 @@ class Gateway:
         app = Starlette(routes=routes, lifespan=lifespan,
                         exception_handlers={GatewayError: lambda _r, exc: exc.response(), Exception: json_500})
         limited = ConcurrencyLimit(app, self.config.max_concurrency, self.metrics)
-        return ErrorShield(BearerAuth(limited, self.config.api_key, self.metrics))
+        return ErrorShield(BearerAuth(limited, self.keys, self.metrics))
 
     # -- open routes ----------------------------------------------------------------------------------------
     async def health(self, request):

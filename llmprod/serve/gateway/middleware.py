@@ -4,7 +4,7 @@ wrapping the next, as Starlette's middleware are."""
 
 from __future__ import annotations
 
-import hmac
+import math
 import uuid
 
 from llmprod.serve.gateway.errors import GatewayError, internal_error, log_exception
@@ -63,25 +63,57 @@ async def _refuse(error: GatewayError, scope, receive, send, metrics: GatewayMet
 
 
 class BearerAuth:
-    """/v1 wants `Authorization: Bearer <key>` (compared in constant time); /health and /metrics stay open."""
+    """/v1 wants `Authorization: Bearer <key>` of a known client (--api-key, or --api-keys: keys.KeyRing);
+    /health and /metrics stay open. On the generation routes the client's requests-per-minute and
+    tokens-per-minute limits apply (429 with Retry-After), the client's name labels its metrics, and it is
+    the current client while its answer is counted (its tokens are charged to it)."""
 
-    def __init__(self, app, api_key: str | None, metrics: GatewayMetrics) -> None:
+    def __init__(self, app, keys, metrics: GatewayMetrics) -> None:
         self.app = app
-        self.key = api_key.encode() if api_key else None
+        self.keys = keys  # a keys.KeyRing, or None: no authentication
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if self.key is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if self.keys is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+        client = self.keys.identify(token.strip()) if scheme.lower() == b"bearer" and token.strip() else None
+        if client is None:
+            await _refuse(GatewayError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                                       "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"}),
+                          scope, receive, send, self.metrics)
+            return
+        if scope["method"] != "POST" or scope["path"] not in GENERATION:
             await self.app(scope, receive, send)
             return
-        await _refuse(GatewayError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
-                                   "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"}),
-                      scope, receive, send, self.metrics)
+        refused = self.keys.admit(client.name)
+        if refused is not None:
+            limit, wait = refused
+            self.metrics.rate_limited.labels(client.name, limit).inc()
+            self.metrics.client_requests.labels(client.name, "429").inc()
+            retry = max(1, math.ceil(wait))
+            await _refuse(GatewayError(429, f"this key is over its {limit.replace('_', ' ')}; retry in {retry} s",
+                                       "rate_limit_error", "rate_limit_exceeded", {"Retry-After": str(retry)}),
+                          scope, receive, send, self.metrics)
+            return
+        status = "000"
+
+        async def send_noting_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        from llmprod.serve.keys import CURRENT
+
+        token_ = CURRENT.set((self.keys, client.name))
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            CURRENT.reset(token_)
+            self.metrics.client_requests.labels(client.name, status).inc()
 
 
 class ConcurrencyLimit:
