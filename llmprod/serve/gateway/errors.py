@@ -93,6 +93,9 @@ def from_engine(status: int, content: bytes, state: EngineState | None = None) -
         return unavailable(f"the engine failed while answering and is being restarted ({message})")
     if 400 <= status < 500 and type_ == "upstream_error":
         type_ = "invalid_request_error"
+    if status >= 500 and status not in (503, 504):
+        # The engine failed, not the gateway: 502 (its message kept), so a 500 always means the gateway itself.
+        return GatewayError(502, f"the engine failed: {message}", str(type_), str(code))
     return GatewayError(status, str(message), str(type_), str(code))
 
 

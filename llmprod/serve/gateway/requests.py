@@ -4,7 +4,8 @@ input guardrails see, with a way to write redacted versions back."""
 from __future__ import annotations
 
 import json
-from typing import Callable
+import re
+from typing import Any, Callable
 
 from llmprod.serve.gateway.errors import GatewayError, bad_request
 
@@ -22,13 +23,42 @@ async def read_json(request, limit: int) -> dict:
         if size > limit:
             raise too_large
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply to read", "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and not _valid_unicode(body):
+        # JSON lets "\ud800" through, but a lone surrogate is no character: no engine or regex can take it.
+        raise bad_request("the request body holds a lone UTF-16 surrogate (an escape like \\ud800 without its "
+                          "pair): send valid Unicode", "invalid_unicode")
     return body
+
+
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into decoded JSON. Rare, so the body is walked
+# only when the raw bytes hold one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _valid_unicode(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def check_fields(body: dict, models: dict[str, str] | None) -> None:
@@ -94,11 +124,18 @@ def input_texts(route: str, body: dict) -> InputTexts:
             if isinstance(content, str):
                 texts.add(content, role, lambda new, m=message: m.__setitem__("content", new))
             elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                for j, part in enumerate(content):
+                    # Every part is checked: a text part the guardrails could not read must not reach the engine.
+                    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                        raise bad_request(f"messages[{i}].content[{j}] must be an object with a `type`",
+                                          "invalid_messages")
+                    if part["type"] == "text":
+                        if not isinstance(part.get("text"), str):
+                            raise bad_request(f"messages[{i}].content[{j}].text must be a string", "invalid_messages")
                         texts.add(part["text"], role, lambda new, p=part: p.__setitem__("text", new))
-            elif content is not None:
-                raise bad_request(f"messages[{i}].content must be a string or a list of parts", "invalid_messages")
+            else:
+                raise bad_request(f"messages[{i}].content must be a string or a list of parts ({role} messages "
+                                  "carry content)", "invalid_messages")
         return texts
     prompt = body.get("prompt")
     if isinstance(prompt, str):

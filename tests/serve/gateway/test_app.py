@@ -220,12 +220,15 @@ def test_an_engine_core_that_died_is_503_and_marks_the_engine_down(fake_engine, 
     assert not state.up and "core died" in state.reason
 
 
-def test_other_engine_errors_keep_their_status_and_the_engine_up():
+def test_other_engine_errors_are_502s_with_their_message_and_the_engine_stays_up():
+    """A 500 is only ever the gateway's own failure; the engine's is a bad gateway (its message kept)."""
     from llmprod.serve.gateway.errors import from_engine
 
     state = EngineState("http://127.0.0.1:1", supervised=True)
     error = from_engine(500, b'{"error": {"message": "CUDA error", "type": "InternalServerError", "code": 500}}', state)
-    assert (error.status, error.message, state.up) == (500, "CUDA error", True)
+    assert (error.status, error.message, state.up) == (502, "the engine failed: CUDA error", True)
+    assert from_engine(400, b'{"error": {"message": "too long"}}', state).status == 400
+    assert from_engine(504, b"", state).status == 504
 
 
 def test_client_disconnect_cancels_the_upstream_stream(start_gateway):
