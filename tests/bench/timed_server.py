@@ -92,12 +92,15 @@ def make_app(ttft: float, itl: float, tokens: int, api_key: str | None, usage: b
     async def stats_route(request: Request):
         return JSONResponse(stats)
 
+    async def health(request: Request):
+        return JSONResponse({})
+
     async def metrics(request: Request):
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     return Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", generate, methods=["POST"]),
                              Route("/v1/completions", generate, methods=["POST"]), Route("/stats", stats_route),
-                             Route("/metrics", metrics)])
+                             Route("/metrics", metrics), Route("/health", health)])
 
 
 def main() -> None:
