@@ -54,6 +54,10 @@ run python3 scripts/quickstart_requests.py "http://127.0.0.1:$PORT/v1" "$WORK/ti
 step "7. load-test the gateway and plot the TTFT / throughput trade-off"
 run llmprod bench "http://127.0.0.1:$PORT" --model "$WORK/tiny-gptq" --concurrency 1,4,8 --requests 16 \
     --input-tokens 64 --output-tokens 32 --plot "$WORK/bench.png"
+# Open loop: requests at 2 and 4 per second whether or not earlier ones finished, the gateway's own
+# histograms beside the client's, and one HTML page with the plot inline.
+run llmprod bench "http://127.0.0.1:$PORT" --model "$WORK/tiny-gptq" --rate 2,4 --requests 12 \
+    --input-tokens 64 --output-tokens 32 --report "$WORK/bench.html"
 
 step "8. the gateway's Prometheus metrics (TTFT, tokens, guardrail verdicts)"
 printf '$ %s\n' "curl http://127.0.0.1:$PORT/metrics" >&2
