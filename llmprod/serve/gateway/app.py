@@ -179,6 +179,11 @@ class Gateway:
         except ValueError:
             raise GatewayError(502, "the engine answered with something that is not JSON",
                                "upstream_error", "bad_upstream_response") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                return from_engine(502, answer.content, self.state).response()  # an error sent with a 200
+            raise GatewayError(502, "the engine answered without `choices`", "upstream_error",
+                               "bad_upstream_response")
         self.metrics.count_usage(route, data.get("usage"))
         if self.guard is not None and self.guard.has_output_checks:
             await self._check_answer(route, data, context)

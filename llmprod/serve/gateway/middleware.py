@@ -117,8 +117,9 @@ class BearerAuth:
 
 
 class ConcurrencyLimit:
-    """At most `limit` generations in flight; more get 429 with Retry-After. A slot is held until the answer
-    has gone out whole (a stream's last byte), so streams count for as long as they run."""
+    """At most `limit` generations in flight; more get 429 with Retry-After. A slot is taken once the request's
+    body has arrived whole (a client sending it slowly holds no slot) and held until the answer has gone out
+    whole (a stream's last byte), so streams count for as long as they run."""
 
     def __init__(self, app, limit: int, metrics: GatewayMetrics) -> None:
         self.app = app
@@ -130,15 +131,25 @@ class ConcurrencyLimit:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            await _refuse(GatewayError(429, f"the gateway is at --max-concurrency ({self.limit}); retry after the "
+        holding = False
+
+        async def receive_then_take_a_slot():
+            nonlocal holding
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False) and not holding:
+                if self.in_flight >= self.limit:
+                    # Raised inside the route's body read: the app answers it like any GatewayError.
+                    raise GatewayError(429, f"the gateway is at --max-concurrency ({self.limit}); retry after the "
                                        "Retry-After delay", "rate_limit_error", "too_many_requests",
-                                       {"Retry-After": "1"}), scope, receive, send, self.metrics)
-            return
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+                                       {"Retry-After": "1"})
+                holding = True
+                self.in_flight += 1
+                self.metrics.in_flight.inc()
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_then_take_a_slot, send)
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            if holding:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()

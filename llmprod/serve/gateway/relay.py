@@ -51,8 +51,10 @@ class StreamRelay:
 
     async def run(self) -> AsyncIterator[bytes]:
         try:
+            last = b""
             async for blob in sse.blobs(self.response.chunks()):
                 self.text_in_batch = False
+                last = blob
                 out = await self.batch(blob)
                 if out:
                     if self.text_in_batch:
@@ -60,6 +62,16 @@ class StreamRelay:
                     yield b"".join(out)
                 if self.stopped:
                     return
+            ending = _ending(last)
+            if ending != "done":
+                # Cut mid-event, garbage, or an error event instead of [DONE]: the client is told in OpenAI's
+                # shape, never left with a stream that just stops.
+                self.status = "502"
+                if ending != "error":
+                    # After a cut-off event, a blank line first ends it, so the error is an event of its own.
+                    cut = b"" if last.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")) or not last else b"\n\n"
+                    yield cut + sse.encode(GatewayError(502, "the engine's stream ended without [DONE]",
+                                                        "upstream_error", "upstream_stream_error").body())
         except UpstreamTimeout:
             self.status = "504"
             yield sse.encode(GatewayError(504, "the engine stopped sending within --request-timeout",
@@ -134,6 +146,28 @@ class StreamRelay:
         self.metrics.requests.labels(self.route, status).inc()
         if completed:
             self.metrics.e2e.labels(self.route).observe(time.perf_counter() - self.arrived)
+
+
+def _ending(blob: bytes) -> str:
+    """How a stream's last read ends: "done" ([DONE], or a last chunk that finishes the answer or carries its
+    usage, as transformers serve ends without [DONE]), "error" (an error event the client already has), or
+    "cut" (mid-event, garbage, nothing)."""
+    events = sse.events_any_terminator(blob)
+    data = events[-1][2] if events else None
+    if data is None:
+        return "cut"
+    if data.strip() == sse.DONE:
+        return "done"
+    try:
+        payload = sse.loads(data)
+    except ValueError:
+        return "cut"
+    if not isinstance(payload, dict):
+        return "cut"
+    if isinstance(payload.get("error"), dict):
+        return "error"
+    finished = any(isinstance(c, dict) and c.get("finish_reason") for c in payload.get("choices") or ())
+    return "done" if finished or isinstance(payload.get("usage"), dict) else "cut"
 
 
 def set_text(payload: dict, text: str, chat: bool) -> None:

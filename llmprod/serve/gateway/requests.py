@@ -10,19 +10,37 @@ from typing import Any, Callable
 from llmprod.serve.gateway.errors import GatewayError, bad_request
 
 
-async def read_json(request, limit: int) -> dict:
-    """The body as a JSON object; 413 past `limit` bytes (declared or streamed), 400 when it is not JSON."""
+# The whole body must arrive within this many seconds of the request's headers: a client that sends it a
+# byte at a time (or never) is answered 408 instead of holding a connection and a task for ever.
+BODY_TIMEOUT_S = 30.0
+
+
+async def read_json(request, limit: int, timeout: float | None = None) -> dict:
+    """The body as a JSON object; 413 past `limit` bytes (declared or streamed), 408 when it has not all
+    arrived within `timeout` seconds, 400 when it is not JSON."""
+    import asyncio
+
+    timeout = BODY_TIMEOUT_S if timeout is None else timeout
     declared = request.headers.get("content-length")
     too_large = GatewayError(413, f"the request body is larger than --max-body-size ({limit} bytes)",
                              "invalid_request_error", "request_too_large")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise GatewayError(408, f"the request body did not arrive within {timeout:g} s", "invalid_request_error",
+                           "request_timeout") from None
     raw = b"".join(chunks)
     try:
         body = json.loads(raw)
