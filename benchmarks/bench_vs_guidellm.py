@@ -34,23 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmprod.bench.server_metrics import level_view, parse  # noqa: E402
-from llmprod.testing.servers import free_port  # noqa: E402
+from llmprod.testing.servers import free_port, wait_ready  # noqa: E402
 
 SECONDS = 8.0
-
-
-def wait(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def scrape(root: str) -> dict:
@@ -145,20 +131,20 @@ def main() -> None:
                                        "--ttft", "0.1", "--itl", "0.01", "--tokens", "32", "--capacity", "8",
                                        "--model", str(tiny)]))
         root = f"http://127.0.0.1:{port}"
-        wait(f"{root}/health")
+        wait_ready(f"{root}/health")
         rows += compare("timed server (100 ms + 31 x 10 ms, 8 slots: ~19.5 req/s)", root, str(tiny),
                         [4.0, 12.0, 30.0], 32, args.guidellm, work)
         upstream = free_port()
         procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/bench/timed_server.py"), "--port",
                                        str(upstream), "--ttft", "0.1", "--itl", "0.01", "--tokens", "32",
                                        "--capacity", "8", "--model", str(tiny)]))
-        wait(f"http://127.0.0.1:{upstream}/health")
+        wait_ready(f"http://127.0.0.1:{upstream}/health")
         port = free_port()
         procs.append(subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream",
                                        f"http://127.0.0.1:{upstream}", "--no-guardrails", "--port", str(port),
                                        "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         root = f"http://127.0.0.1:{port}"
-        wait(f"{root}/health", proc=procs[-1])
+        wait_ready(f"{root}/health", proc=procs[-1])
         rows += compare("llmprod serve --upstream (gateway) in front of the same timed server", root, str(tiny),
                         [4.0, 30.0], 32, args.guidellm, work)
     finally:

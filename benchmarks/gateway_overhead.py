@@ -25,26 +25,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 
 from llmprod.serve.engines import free_port
+from llmprod.testing.servers import wait_ready  # noqa: F401 (also imported from here by benchmarks/h200/*.sh)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -26,20 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmprod.testing.servers import free_port  # noqa: E402
-
-
-def wait(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
+from llmprod.testing.servers import free_port, wait_ready  # noqa: E402
 
 
 def rss_and_fds(pid: int) -> tuple[int, int]:
@@ -128,13 +115,13 @@ def main() -> None:
     engine_port, port = free_port(), free_port()
     engine = subprocess.Popen([sys.executable, "-m", "llmprod.testing.fake_engine", "--port", str(engine_port),
                                "--tokens", "16", "--itl", "0.005"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait(f"http://127.0.0.1:{engine_port}/v1/models")
+    wait_ready(f"http://127.0.0.1:{engine_port}/v1/models")
     serve = subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream", f"http://127.0.0.1:{engine_port}",
                               "--port", str(port), "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        wait(f"{url}/health")
+        wait_ready(f"{url}/health")
         for count in [int(x) for x in args.levels.split(",")]:
             rows.append(asyncio.run(level(url, "127.0.0.1", port, count, serve.pid)))
             print(json.dumps(rows[-1]), flush=True)

@@ -37,7 +37,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmprod.bench.server_metrics import parse  # noqa: E402,F401  (prometheus text parsing lives there)
 from llmprod.testing.servers import free_port  # noqa: E402
 
 KEYS = {"alpha": "soak-alpha-0001", "beta": "soak-beta-0002", "gamma": "soak-gamma-0003", "capped": "soak-capped-04"}

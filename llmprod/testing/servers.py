@@ -7,7 +7,7 @@ import time
 
 from llmprod.serve.engines import free_port
 
-__all__ = ["ThreadServer", "free_port", "wait_until"]
+__all__ = ["ThreadServer", "free_port", "wait_ready", "wait_until"]
 
 
 def wait_until(condition, timeout: float = 20.0, every: float = 0.05) -> None:
@@ -17,6 +17,23 @@ def wait_until(condition, timeout: float = 20.0, every: float = 0.05) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(every)
+
+
+def wait_ready(url: str, timeout: float = 60.0, proc=None) -> None:
+    """Until `url` answers 200 (a server's /health); fails early if `proc` (a Popen) has exited."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
 
 
 class ThreadServer:
