@@ -126,7 +126,7 @@ _BUDGET = re.compile(r"Free memory on device \(" + _NUM + "/" + _NUM + r" GiB\).
                      + ", " + _NUM + r" GiB\)\. Actual usage is " + _NUM + r" GiB for weight, " + _NUM
                      + r" GiB for peak activation, " + _NUM + r" GiB for non-torch memory, and " + _NUM
                      + r" GiB for CUDAGraph memory")
-_KERNEL = re.compile(r"\bUsing (\w+) for (\w+)")
+_KERNEL = re.compile(r"\b(?:Using|Selected) (\w+) for (\w+)")  # FP8/INT8 scaled-mm kernels log "Selected"
 # A traceback's last line, behind the process prefix vLLM adds: "(EngineCore pid=7) ValueError: ...".
 _ERROR = re.compile(r"^(?:\(\w+ pid=\d+\) )?((?:\w+\.)*\w*(?:Error|Exception)): (.+)$")
 # What the API server says after any engine failure: the cause is the error before it.

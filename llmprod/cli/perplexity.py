@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.cli.exits import command_output
-from llmprod.cli.options import Device, DeviceOpt, JsonOpt, ModelArg, RevisionOpt
+from llmprod.cli.options import ApiKeyOpt, Device, DeviceOpt, JsonOpt, ModelArg, RevisionOpt
 from llmprod.errors import CheckFailed, InputError
 
 EXAMPLE = ("Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct "
@@ -30,6 +30,20 @@ def perplexity(
         typer.Option("--max-increase", help="With --baseline: exit 1 when (ppl - base) / base exceeds this, e.g. 0.05."),
     ] = None,
     revision: RevisionOpt = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="transformers (loads the model), or vllm: launched, scored from its prompt logprobs, "
+        "stopped: the kernels it serves with.")] = "transformers",
+    upstream: Annotated[Optional[str], typer.Option(
+        "--upstream", help="A vLLM already serving MODEL (its /v1 base URL): score there.")] = None,
+    baseline_upstream: Annotated[Optional[str], typer.Option(
+        "--baseline-upstream", help="With --upstream: the vLLM serving --baseline.")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(
+        "--served-model-name", help="With --upstream: the name the server uses for MODEL (default MODEL).")] = None,
+    vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The vllm executable for --engine vllm.")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option(
+        "--tensor-parallel-size", help="--engine vllm: GPUs per model.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Served engines: windows in flight.")] = 8,
+    api_key: ApiKeyOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Measure perplexity, optionally against a baseline, and gate on the increase."""
@@ -39,8 +53,18 @@ def perplexity(
         if max_increase is not None and (baseline is None or not math.isfinite(max_increase)):
             raise InputError("--max-increase needs --baseline and a finite fraction",
                              hint="e.g. --baseline ORIGINAL_MODEL --max-increase 0.05 for a 5% limit")
-        specs = [PerplexitySpec(m, dataset, seq_len, stride, max_tokens, batch_size, device.value, dtype, r)
-                 for m, r in [(model, revision)] + ([(baseline, None)] if baseline else [])]
+        if upstream and baseline and not baseline_upstream:
+            raise InputError("--baseline with --upstream: the baseline needs a server too",
+                             hint="pass --baseline-upstream URL (a vLLM serving the baseline), or use --engine vllm")
+        if baseline_upstream and not upstream:
+            raise InputError("--baseline-upstream goes with --upstream", hint="add --upstream, or drop it")
+        served = dict(engine=engine, vllm_bin=vllm_bin, tensor_parallel_size=tensor_parallel_size,
+                      concurrency=concurrency, api_key=api_key)
+        specs = [PerplexitySpec(model, dataset, seq_len, stride, max_tokens, batch_size, device.value, dtype, revision,
+                                upstream=upstream, served_model_name=served_model_name, **served)]
+        if baseline:
+            specs.append(PerplexitySpec(baseline, dataset, seq_len, stride, max_tokens, batch_size, device.value,
+                                        dtype, None, upstream=baseline_upstream, **served))
         for spec in specs:
             spec.validate()
         results = []
@@ -78,11 +102,15 @@ def _render(console, results, verdict) -> None:
         table.add_column(r.model if r is results[0] else f"baseline: {r.model}", justify="right")
     rows = [("perplexity", "perplexity"), ("mean NLL (nats)", "mean_nll"), ("bits per byte", "bits_per_byte"),
             ("tokens scored", "tokens"), ("windows", "windows"), ("tokens dropped", "tokens_dropped"),
-            ("tokens/s", "tokens_per_s"), ("seconds", "seconds"), ("device / dtype", None)]
+            ("tokens/s", "tokens_per_s"), ("seconds", "seconds"), ("device / dtype", None), ("engine", "engine")]
     for label, key in rows:
         cells = [f"{r.device} / {r.dtype}" if key is None else format_value(getattr(r, key)) for r in results]
         table.add_row(label, *cells)
     console.print(table)
+    for r in results:
+        kernels = (r.engine_details or {}).get("kernels")
+        if kernels:
+            console.print(f"{r.model}: scored by {r.engine} with {', '.join(kernels)}")
     console.print(f"dataset: {results[0].dataset}; seq-len {results[0].seq_len}, stride {results[0].stride}")
     if verdict is not None:
         style = "green" if verdict.passed else "red"

@@ -23,8 +23,27 @@ class PerplexitySpec:
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None  # of a hub model
+    engine: str = "transformers"  # or "vllm": launched, scored from its prompt logprobs, stopped
+    upstream: str | None = None  # a vLLM already serving the model (its name: served_model_name or model)
+    served_model_name: str | None = None
+    vllm_bin: str | None = None
+    tensor_parallel_size: int | None = None
+    concurrency: int = 8  # windows in flight on a served engine
+    api_key: str | None = None
+
+    @property
+    def served(self) -> bool:
+        return self.engine == "vllm" or self.upstream is not None
 
     def validate(self) -> None:
+        if self.engine not in ("transformers", "vllm"):
+            raise InputError(f"unknown --engine {self.engine!r}", hint="use transformers or vllm")
+        if self.upstream and self.engine == "vllm":
+            raise InputError("--engine vllm launches vLLM; --upstream uses one that is serving", hint="drop one")
+        if not self.served and (self.vllm_bin or self.tensor_parallel_size):
+            raise InputError("--vllm-bin and --tensor-parallel-size apply to --engine vllm", hint="add --engine vllm")
+        if self.concurrency < 1:
+            raise InputError("--concurrency must be at least 1")
         if self.batch_size < 1:
             raise InputError("--batch-size must be at least 1")
         if self.max_tokens is not None and self.max_tokens < self.seq_len:
@@ -38,6 +57,8 @@ def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = No
     import torch
 
     spec.validate()
+    if spec.served:
+        return _measure_served(spec, on_progress)
     ref = resolve_model(spec.model, spec.revision)
     text = load_eval_text(spec.dataset)  # before the model: a bad file fails in milliseconds
     with library_output(False, "load"):
@@ -107,3 +128,45 @@ def gate(result: PerplexityResult, baseline: PerplexityResult, max_increase: flo
             hint="compare a quantized model with the model it was made from",
         )
     return GateVerdict(relative_increase(result.perplexity, baseline.perplexity), max_increase)
+
+
+def _measure_served(spec: PerplexitySpec, on_progress: ProgressFn | None) -> PerplexityResult:
+    """The same windows from a served engine's prompt logprobs (llmprod.evaluate.served)."""
+    import tempfile
+    from pathlib import Path
+
+    from llmprod.evaluate.served import Served, launch_vllm, served_nll
+    from llmprod.urls import server_root
+
+    ref = resolve_model(spec.model, spec.revision)
+    text = load_eval_text(spec.dataset)
+    with library_output(False, "load"):
+        tokenizer = load_tokenizer(ref)  # the model's own: the server is sent token ids, never text
+    ids, offsets = tokenize_once(tokenizer, text.text)
+    if spec.max_tokens is not None:
+        ids, offsets = ids[: spec.max_tokens], offsets[: spec.max_tokens] if offsets else None
+    plan = plan_windows(len(ids), spec.seq_len, spec.stride)
+    if not plan.windows:
+        raise InputError(f"the text has {len(ids)} tokens, fewer than one window of --seq-len {spec.seq_len}",
+                         hint="give a longer text or lower --seq-len")
+    engine = None
+    if spec.upstream:
+        root = server_root(spec.upstream, "--upstream")
+        served = Served(root, spec.served_model_name or spec.model, f"{root} (--upstream)", api_key=spec.api_key)
+    else:
+        engine, served = launch_vllm(spec.model, spec.seq_len, spec.vllm_bin, spec.tensor_parallel_size,
+                                     Path(tempfile.gettempdir()) / "llmprod")
+    try:
+        total_nll, seconds = served_nll(served, ids, plan, spec.concurrency, on_progress)
+    finally:
+        if engine is not None:
+            engine.stop()
+    n_bytes = scored_bytes(text.text, tokenizer, ids, offsets, plan)
+    processed = len(plan.windows) * spec.seq_len
+    return PerplexityResult(
+        model=spec.model, dataset=text.source, **summarize(total_nll, plan, n_bytes), tokens=plan.scored,
+        windows=len(plan.windows), tokens_dropped=plan.dropped, total_tokens=plan.total_tokens,
+        seq_len=spec.seq_len, stride=spec.stride or spec.seq_len, batch_size=spec.concurrency,
+        seconds=round(seconds, 3), tokens_per_s=processed / seconds if seconds > 0 else float("inf"),
+        device="served", dtype=(served.details or {}).get("dtype", "as served"), engine=served.engine,
+        engine_details=served.details)

@@ -87,6 +87,8 @@ class PerplexityResult:
     device: str
     dtype: str
     peak_gpu_memory_bytes: int | None = None
+    engine: str = "transformers"  # or the served engine that scored it (its prompt logprobs)
+    engine_details: dict[str, Any] | None = None  # vLLM's start-up figures: kernels, dtype, KV cache
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,9 +40,12 @@ WORDS = ("the ", "model ", "writes ", "plain ", "prose ", "about ", "serving ", 
 
 
 def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool = False,
-             text: str | None = None) -> Starlette:
+             text: str | None = None, logprobs_model: str | None = None) -> Starlette:
     """`text`: a kind of llmprod.testing.texts (prose, runs, code, json, base64) for the default answer;
-    `words`: plain words without digits; else "t0 t1 ..."."""
+    `words`: plain words without digits; else "t0 t1 ...". `logprobs_model`: a model directory whose
+    float32 log-probabilities answer vLLM's `prompt_logprobs` on a prompt of token ids (without it the
+    field is absent from answers, as from servers that do not support it)."""
+    scorer = _PromptScorer(logprobs_model) if logprobs_model else None
     stats = {"generations": 0, "cancelled": 0, "completed": 0, "last_body": None}
     text_kind = text
 
@@ -86,6 +89,15 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
                  "total_tokens": len(text.split()) + len(pieces)}
         if not body.get("stream"):
             content = "".join(pieces)
+            prompt = body.get("prompt")
+            if (not chat and body.get("prompt_logprobs") is not None and scorer is not None and isinstance(prompt, list)
+                    and all(isinstance(t, int) for t in prompt)):
+                stats["completed"] += 1
+                return JSONResponse({"id": "fake-1", "object": "text_completion", "model": body.get("model"),
+                                     "choices": [{"index": 0, "text": content[:8], "finish_reason": "length",
+                                                  "prompt_logprobs": scorer(prompt)}],
+                                     "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1,
+                                               "total_tokens": len(prompt) + 1}})
             choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                       if chat else {"index": 0, "text": content, "finish_reason": "stop"})
             stats["completed"] += 1
@@ -137,6 +149,25 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
     ])
 
 
+class _PromptScorer:
+    """vLLM's prompt_logprobs (k = 0) for a prompt of token ids, from a local model in float32."""
+
+    def __init__(self, path: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def __call__(self, ids: list[int]) -> list:
+        torch = self.torch
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return [None] + [{str(ids[i]): {"logprob": float(logprobs[i - 1, ids[i]]), "rank": 1, "decoded_token": ""}}
+                         for i in range(1, len(ids))]
+
+
 def stats(url: str) -> dict:
     """GET /stats of a running fake engine."""
     import httpx
@@ -168,6 +199,7 @@ def main() -> None:
     parser.add_argument("--words", action="store_true", help="stream plain words instead of t0 t1 ...")
     parser.add_argument("--text", choices=texts.KINDS, help="stream generated text of this kind")
     parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child in the same group")
+    parser.add_argument("--logprobs-model", default=None, help="a model directory that answers prompt_logprobs")
     parser.add_argument("--child-pid-file", default=None)
     args, _unknown = parser.parse_known_args(argv)
     if args.spawn_child or os.environ.get("FAKE_ENGINE_CHILD_PID_FILE"):
@@ -178,7 +210,8 @@ def main() -> None:
                 fh.write(str(child.pid))
     import uvicorn
 
-    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model, args.words, args.text), host=args.host,
+    uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model, args.words, args.text,
+                         args.logprobs_model), host=args.host,
                 port=args.port, log_level="warning")
 
 
