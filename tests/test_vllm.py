@@ -108,3 +108,15 @@ def test_the_budget_says_whose_default_it_used(cli, utilization):
     line = next(line for line in doc["budget"] if line["item"].startswith("× utilization"))
     assert line["item"] == f"× utilization {utilization or 0.92}"
     assert ("0.26.0's default" in line["how"]) is (utilization is None)
+
+
+def test_kernels_are_read_whether_vllm_says_using_or_selected():
+    from pathlib import Path
+
+    from llmprod.vllm import read_startup
+
+    data = Path(__file__).parent / "data" / "vllm-0.26.0"
+    assert read_startup(data / "llama-3.1-8b-gptq-w4a16-4k.log").figures()["kernels"] == [
+        "MacheteLinearKernel for CompressedTensorsWNA16"]
+    assert read_startup(data / "llama-3.1-8b-w8a8-fp8-4k.log").figures()["kernels"] == [
+        "CutlassFP8ScaledMMLinearKernel for CompressedTensorsW8A8Fp8"]
