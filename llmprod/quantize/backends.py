@@ -33,6 +33,7 @@ class QuantizeJob:
     recipe: dict
     workdir: Path
     on_layer: LayerProgress | None = None
+    phases: dict | None = None  # filled with seconds per phase (load, oneshot, save) where the backend can
 
 
 class QuantizationBackend(Protocol):
@@ -107,7 +108,11 @@ class LlmCompressorBackend:
 
         from llmprod.quantize.compat import forget_traced_namespaces, skip_pinning_without_accelerator
 
+        import time
+
         rank, world = _rank_and_world()
+        phases = job.phases if job.phases is not None else {}
+        t0 = time.perf_counter()
         # Loaded on the CPU, spilling to disk what host memory cannot hold ("auto_offload"); under torchrun
         # rank 0 loads and shares the weights with the other ranks. llm-compressor's sequential pipeline then
         # onloads one decoder layer at a time to the accelerator: peak GPU memory is about one layer plus
@@ -116,6 +121,7 @@ class LlmCompressorBackend:
             model = transformers.AutoModelForCausalLM.from_pretrained(job.source_dir, dtype="auto",
                                                                       device_map="auto_offload")
         tokenizer = transformers.AutoTokenizer.from_pretrained(job.source_dir)
+        phases["load"] = round(time.perf_counter() - t0, 2)
         data_args = {}
         if job.calibration is not None:
             samples = _partition(job.calibration.samples, rank, world)
@@ -125,11 +131,15 @@ class LlmCompressorBackend:
                              pipeline="sequential")
         hooks = _track_layers(model, job.on_layer)
         try:
+            t0 = time.perf_counter()
             with skip_pinning_without_accelerator(), forget_traced_namespaces():
                 oneshot(model=model, recipe=Recipe.from_dict(job.recipe), **data_args)
+            phases["oneshot"] = round(time.perf_counter() - t0, 2)
+            t0 = time.perf_counter()
             model.save_pretrained(job.workdir, save_compressed=True)  # under torchrun only rank 0 writes
             if rank == 0:
                 tokenizer.save_pretrained(job.workdir)
+            phases["save"] = round(time.perf_counter() - t0, 2)
         finally:
             for hook in hooks:
                 hook.remove()

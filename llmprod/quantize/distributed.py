@@ -64,8 +64,8 @@ def _subprocess_launcher(argv: Sequence[str], env: dict[str, str]) -> int:
 LAUNCHER: Launcher = _subprocess_launcher
 
 
-def run_distributed(job) -> list[int]:
-    """Run `job` on spec.gpus GPUs; returns each rank's peak GPU memory in bytes."""
+def run_distributed(job) -> list[dict]:
+    """Run `job` on spec.gpus GPUs; each rank's report: its peak GPU memory and seconds per phase."""
     spec = job.spec
     jobdir = Path(tempfile.mkdtemp(prefix=f".{spec.output.name}.llmprod-job-", dir=spec.output.parent))
     try:
@@ -76,12 +76,12 @@ def run_distributed(job) -> list[int]:
         if status != 0:
             raise OperationFailed(f"data-parallel calibration on {spec.gpus} GPUs failed (torchrun exit {status})",
                                   hint="the ranks' errors are above; --gpus 1 runs the same job in one process")
-        peaks = []
+        reports = []
         for rank in range(spec.gpus):
             report = jobdir / f"rank-{rank}.json"
             if report.is_file():
-                peaks.append(int(json.loads(report.read_text())["peak_gpu_memory_bytes"]))
-        return peaks
+                reports.append({"rank": rank, **json.loads(report.read_text())})
+        return reports
     finally:
         shutil.rmtree(jobdir, ignore_errors=True)
 
@@ -127,10 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         init_dist()
     rank = int(os.environ.get("RANK", "0"))
+    phases: dict = {}
     try:
-        LlmCompressorBackend().run(job)
+        LlmCompressorBackend().run(dataclasses.replace(job, phases=phases))
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        (job_file.parent / f"rank-{rank}.json").write_text(json.dumps({"peak_gpu_memory_bytes": peak}))
+        (job_file.parent / f"rank-{rank}.json").write_text(json.dumps({"peak_gpu_memory_bytes": peak,
+                                                                       "seconds": phases}))
     finally:
         if distributed:
             import torch.distributed as dist

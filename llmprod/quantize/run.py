@@ -178,20 +178,21 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
         where = f"{spec.gpus} GPUs (data-parallel calibration)" if spec.gpus > 1 else device
         hooks.stage(f"quantizing with {backend.library} ({s.method.upper()} {spec.scheme_name()}{layout}) on {where}")
         t0 = time.perf_counter()
-        job = QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer)
-        peak_gpu_ranks = None
+        phases: dict = {}
+        job = QuantizeJob(spec, source_dir, calib, recipe, workdir, hooks.layer, phases)
+        ranks = None
         with interrupts.latched():
             if spec.gpus > 1:
                 from llmprod.quantize.distributed import run_distributed
 
-                peak_gpu_ranks = run_distributed(job)
+                ranks = run_distributed(job)
             else:
                 backend.run(job)
         quantize_seconds = time.perf_counter() - t0
         gc.collect()  # the backend's model is garbage now: free it before the reload check
         peak_gpu = torch.cuda.max_memory_allocated() if device == "cuda" else None
-        if spec.gpus > 1:
-            peak_gpu = max(peak_gpu_ranks or [0]) or None  # the busiest rank's
+        if ranks is not None:
+            peak_gpu = max((r["peak_gpu_memory_bytes"] for r in ranks), default=0) or None  # the busiest rank's
         peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
         (workdir / "recipe.yaml").write_text(backend.record(spec, workdir))
         hooks.stage("reloading the checkpoint with transformers")
@@ -218,6 +219,10 @@ def _quantize(spec, hooks, backend, recipe, source_dir, revision, device, starte
             "size_bytes_after": weights_size(workdir),
             "seconds": round(time.perf_counter() - started, 2),
             "quantize_seconds": round(quantize_seconds, 2),
+            # Where the time went: one process's phases, or each rank's under --gpus (torchrun start-up is
+            # quantize_seconds minus the slowest rank's phases).
+            "phases_seconds": phases or None,
+            "ranks": ranks,
             "reload_seconds": round(reload_seconds, 2),
             "peak_host_memory_bytes": peak_host,
             "peak_gpu_memory_bytes": peak_gpu,

@@ -59,6 +59,8 @@ def test_cli_gpus_runs_the_job_through_the_launcher(cli, trained_model_dir, tmp_
     assert len(seen["job"]["calibration"]["samples"]) == 8 and seen["job"]["spec"]["gpus"] == 2
     doc = result.json()
     assert doc["gpus"] == 2 and doc["reload_check"]["finite_logits"]
+    (rank,) = doc["ranks"]  # the fake launcher ran one process: rank 0's report, with where its time went
+    assert rank["rank"] == 0 and set(rank["seconds"]) == {"load", "oneshot", "save"}
     assert (out / "config.json").exists() and [p.name for p in tmp_path.iterdir()] == ["q"]  # job files gone
 
 

@@ -89,6 +89,7 @@ def test_checkpoint_is_complete_and_says_how_it_was_made(quantized):
         assert weights["strategy"] == ("block" if doc["scheme"] == "fp8-block" else "channel")
     if doc["format"] != "awq":
         assert qc["quant_method"] == "compressed-tensors" and qc["ignore"] == ["lm_head"]
+        assert set(doc["phases_seconds"]) == {"load", "oneshot", "save"} and doc["ranks"] is None
     if name == "gptq-kv-fp8":  # calibrated scales vLLM reads with --kv-cache-dtype fp8
         assert qc["kv_cache_scheme"]["type"] == "float" and qc["kv_cache_scheme"]["num_bits"] == 8
         from llmprod.memory.weights import safetensors_tensors
