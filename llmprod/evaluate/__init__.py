@@ -68,19 +68,33 @@ def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = No
     if limit is not None and spec.seq_len > limit:
         raise InputError(f"--seq-len {spec.seq_len} is longer than {spec.model}'s context of {limit} tokens",
                          hint=f"use --seq-len {limit} or less")
-    ids, offsets = tokenize_once(tokenizer, text.text)
-    if spec.max_tokens is not None:
-        ids, offsets = ids[: spec.max_tokens], offsets[: spec.max_tokens] if offsets else None
-    plan = plan_windows(len(ids), spec.seq_len, spec.stride)
-    if not plan.windows:
-        raise InputError(f"the text has {len(ids)} tokens, fewer than one window of --seq-len {spec.seq_len}",
-                         hint="give a longer text or lower --seq-len")
+    ids, offsets, plan = _windows(spec, tokenizer, text.text)
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     total_nll, seconds = compute_perplexity(model, ids, plan, batch_size=spec.batch_size,
                                             on_progress=on_progress)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return _result(spec, text, tokenizer, ids, offsets, plan, total_nll, seconds, batch_size=spec.batch_size,
+                   device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                   peak_gpu_memory_bytes=peak)
+
+
+def _windows(spec: PerplexitySpec, tokenizer, text: str):
+    """(ids, char offsets, window plan): the text tokenized once, capped at --max-tokens, cut into windows."""
+    ids, offsets = tokenize_once(tokenizer, text)
+    if spec.max_tokens is not None:
+        ids, offsets = ids[: spec.max_tokens], offsets[: spec.max_tokens] if offsets else None
+    plan = plan_windows(len(ids), spec.seq_len, spec.stride)
+    if not plan.windows:
+        raise InputError(f"the text has {len(ids)} tokens, fewer than one window of --seq-len {spec.seq_len}",
+                         hint="give a longer text or lower --seq-len")
+    return ids, offsets, plan
+
+
+def _result(spec: PerplexitySpec, text, tokenizer, ids, offsets, plan, total_nll: float, seconds: float,
+            **how) -> PerplexityResult:
+    """The report of either path; `how`: batch size, device, dtype and the engine's fields."""
     n_bytes = scored_bytes(text.text, tokenizer, ids, offsets, plan)
     processed = len(plan.windows) * spec.seq_len
     return PerplexityResult(
@@ -93,12 +107,9 @@ def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = No
         total_tokens=plan.total_tokens,
         seq_len=spec.seq_len,
         stride=spec.stride or spec.seq_len,
-        batch_size=spec.batch_size,
         seconds=round(seconds, 3),
         tokens_per_s=processed / seconds if seconds > 0 else float("inf"),
-        device=str(device),
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        peak_gpu_memory_bytes=peak,
+        **how,
     )
 
 
@@ -142,13 +153,7 @@ def _measure_served(spec: PerplexitySpec, on_progress: ProgressFn | None) -> Per
     text = load_eval_text(spec.dataset)
     with library_output(False, "load"):
         tokenizer = load_tokenizer(ref)  # the model's own: the server is sent token ids, never text
-    ids, offsets = tokenize_once(tokenizer, text.text)
-    if spec.max_tokens is not None:
-        ids, offsets = ids[: spec.max_tokens], offsets[: spec.max_tokens] if offsets else None
-    plan = plan_windows(len(ids), spec.seq_len, spec.stride)
-    if not plan.windows:
-        raise InputError(f"the text has {len(ids)} tokens, fewer than one window of --seq-len {spec.seq_len}",
-                         hint="give a longer text or lower --seq-len")
+    ids, offsets, plan = _windows(spec, tokenizer, text.text)
     engine = None
     if spec.upstream:
         root = server_root(spec.upstream, "--upstream")
@@ -161,12 +166,6 @@ def _measure_served(spec: PerplexitySpec, on_progress: ProgressFn | None) -> Per
     finally:
         if engine is not None:
             engine.stop()
-    n_bytes = scored_bytes(text.text, tokenizer, ids, offsets, plan)
-    processed = len(plan.windows) * spec.seq_len
-    return PerplexityResult(
-        model=spec.model, dataset=text.source, **summarize(total_nll, plan, n_bytes), tokens=plan.scored,
-        windows=len(plan.windows), tokens_dropped=plan.dropped, total_tokens=plan.total_tokens,
-        seq_len=spec.seq_len, stride=spec.stride or spec.seq_len, batch_size=spec.concurrency,
-        seconds=round(seconds, 3), tokens_per_s=processed / seconds if seconds > 0 else float("inf"),
-        device="served", dtype=(served.details or {}).get("dtype", "as served"), engine=served.engine,
-        engine_details=served.details)
+    return _result(spec, text, tokenizer, ids, offsets, plan, total_nll, seconds, batch_size=spec.concurrency,
+                   device="served", dtype=(served.details or {}).get("dtype", "as served"), engine=served.engine,
+                   engine_details=served.details)
