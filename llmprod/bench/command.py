@@ -114,9 +114,12 @@ def build_plan(o: BenchOptions, out: Output) -> BenchPlan:
     search = None
     if o.find_max:
         slos = parse_slos(o.find_max, o.percentile)
-        mode = "rate" if loads[0].rate is not None or o.concurrency is None else "concurrency"
-        start = min(lo.rate for lo in loads) if loads[0].rate is not None else (
-            1.0 if mode == "rate" else float(min(lo.concurrency for lo in loads)))
+        if o.rate is not None:  # from the lowest rate given
+            mode, start = "rate", min(lo.rate for lo in loads)
+        elif o.concurrency is not None:  # "auto" (from 1), or from the fewest streams given
+            mode, start = "concurrency", float(min(lo.concurrency for lo in loads))
+        else:
+            mode, start = "rate", 1.0
         search = SearchSpec(slos, o.percentile, mode, start)
         loads = [Load(rate=start) if mode == "rate" else Load(concurrency=int(start))]
     for path, suffix, flag in ((o.csv, ".csv", "--csv"), (o.report, ".html", "--report")):
@@ -165,7 +168,7 @@ def run(o: BenchOptions, out: Output, emit: Callable[[dict[str, Any]], None]) ->
         task = progress.add_task("pre-flight", total=None)
 
         def on_request(done: int, total: int | None) -> None:
-            progress.update(task, completed=done, total=total, description=state.current_concurrency or "")
+            progress.update(task, completed=done, total=total, description=state.current_label or "")
 
         try:
             asyncio.run(run_bench(plan, state, on_request, out.warn))

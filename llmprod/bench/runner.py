@@ -59,10 +59,6 @@ class BenchPlan:
             return max(16, 4 * load.concurrency)
         return self.requests
 
-    @property
-    def concurrency(self) -> list[int]:  # the closed-loop levels (prompts are sized from them)
-        return [load.concurrency for load in self.loads if load.concurrency is not None]
-
 
 @dataclass
 class BenchState:
@@ -77,7 +73,7 @@ class BenchState:
     server_metrics: bool | None = None  # None: not tried yet
 
     @property
-    def current_concurrency(self) -> str | None:
+    def current_label(self) -> str | None:
         return None if self.current_load is None else str(self.current_load)
 
     def partial_level(self, goodput: Goodput | None) -> dict[str, Any] | None:

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import math
 import re
-import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -192,41 +191,40 @@ class KeyRing:
 
     def __init__(self, keys: list[ClientKey], clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._lock = threading.Lock()
-        self._by_digest: dict[bytes, ClientKey] = {}
-        self._limiters: dict[str, Limiter] = {}
+        # (keys by digest, limiters by name), swapped as one: a reload (a signal handler, on the event loop's
+        # thread) never leaves a key beside another generation's limiter.
+        self._state: tuple[dict[bytes, ClientKey], dict[str, Limiter]] = ({}, {})
         self.replace(keys)
 
     def replace(self, keys: list[ClientKey]) -> None:
+        current = self._state[1]
         limiters = {}
         for k in keys:
-            old = self._limiters.get(k.name)
+            old = current.get(k.name)
             same = old is not None and _per_minute(old.requests) == k.requests_per_minute \
                 and _per_minute(old.tokens) == k.tokens_per_minute
             limiters[k.name] = old if same else Limiter(
                 Bucket(k.requests_per_minute) if k.requests_per_minute else None,
                 Bucket(k.tokens_per_minute) if k.tokens_per_minute else None)
-        with self._lock:
-            self._by_digest = {k.digest: k for k in keys}
-            self._limiters = limiters
+        self._state = ({k.digest: k for k in keys}, limiters)
 
     @property
     def names(self) -> list[str]:
-        return [k.name for k in self._by_digest.values()]
+        return [k.name for k in self._state[0].values()]
 
     def identify(self, token: bytes) -> ClientKey | None:
         presented = digest(token)
-        found = self._by_digest.get(presented)
+        found = self._state[0].get(presented)
         if found is not None and hmac.compare_digest(found.digest, presented):
             return found
         return None
 
     def admit(self, name: str) -> tuple[str, float] | None:
-        limiter = self._limiters.get(name)
+        limiter = self._state[1].get(name)
         return None if limiter is None else limiter.admit(self.clock())
 
     def charge(self, name: str, tokens: int) -> None:
-        limiter = self._limiters.get(name)
+        limiter = self._state[1].get(name)
         if limiter is not None:
             limiter.charge(tokens, self.clock())
 

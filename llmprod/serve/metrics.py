@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmprod.serve.keys import charge_current
+
 # Buckets in seconds: TTFT runs from a few ms (a hot GPU) to tens of seconds (a queue on a CPU);
 # inter-token latency from sub-ms to about a second.
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
@@ -75,8 +77,6 @@ class GatewayMetrics:
             self.prompt_tokens.labels(route).inc(prompt)
         if completion is not None:
             self.output_tokens.labels(route).inc(completion)
-        from llmprod.serve.keys import charge_current
-
         client = charge_current(prompt, completion)
         if client is not None:
             self.client_tokens.labels(client).inc((prompt or 0) + (completion or 0))

@@ -8,6 +8,7 @@ import math
 import uuid
 
 from llmprod.serve.gateway.errors import GatewayError, internal_error, log_exception
+from llmprod.serve.keys import CURRENT
 from llmprod.serve.metrics import GatewayMetrics
 
 # The generation routes, by path, and the route label their metrics carry.
@@ -105,8 +106,6 @@ class BearerAuth:
             if message["type"] == "http.response.start":
                 status = str(message["status"])
             await send(message)
-
-        from llmprod.serve.keys import CURRENT
 
         token_ = CURRENT.set((self.keys, client.name))
         try:
