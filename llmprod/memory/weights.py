@@ -65,12 +65,13 @@ def weight_format(name: str, shape: ModelShape, group_size: int) -> WeightFormat
         "w8a8-int8": WeightFormat("w8a8-int8", 8, None, False, base),
         "w8a8-fp8": WeightFormat("w8a8-fp8", 8, None, False, base),
         "fp8-block": WeightFormat("fp8-block", 8, None, False, base),
-    }.get(name) or _nvfp4(base)
+        "nvfp4a16": _nvfp4("nvfp4a16", base),
+    }[name]
 
 
-def _nvfp4(base: int) -> WeightFormat:
-    """FP4 E2M1 weights, one FP8 scale per 16 (plus a global scale per tensor, negligible)."""
-    return WeightFormat("nvfp4a16", 4, 16, False, base, scale_bytes=1)
+def _nvfp4(name: str, base: int, group_size: int = 16) -> WeightFormat:
+    """FP4 E2M1 weights, one FP8 scale per group of 16 (plus a global scale per tensor, negligible)."""
+    return WeightFormat(name, 4, group_size, False, base, scale_bytes=1)
 
 
 def _format_from_checkpoint(shape: ModelShape, group_size: int) -> WeightFormat:
@@ -94,8 +95,7 @@ def _format_from_checkpoint(shape: ModelShape, group_size: int) -> WeightFormat:
         a = f"a{acts.get('num_bits', 16)}" if acts else "a16"
         if weights.get("type") == "float":
             if bits == 4:
-                return WeightFormat("compressed-tensors nvfp4a16", 4, int(weights.get("group_size") or 16), False,
-                                    base, scale_bytes=1)
+                return _nvfp4("compressed-tensors nvfp4a16", base, int(weights.get("group_size") or 16))
             return WeightFormat(f"compressed-tensors fp{bits} w{bits}{a}", bits, None, False, base)
         gs = weights.get("group_size") if weights.get("strategy") == "group" else None
         asym = not weights.get("symmetric", True)

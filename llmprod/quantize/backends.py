@@ -13,6 +13,7 @@ output directory, manifest, reload check) is the backends' common ground in `run
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -107,8 +108,6 @@ class LlmCompressorBackend:
         from llmcompressor.recipe import Recipe
 
         from llmprod.quantize.compat import forget_traced_namespaces, skip_pinning_without_accelerator
-
-        import time
 
         rank, world = _rank_and_world()
         phases = job.phases if job.phases is not None else {}

@@ -102,9 +102,8 @@ def _job_from_dict(data: dict[str, Any]):
 
     fields = dict(data["spec"])
     settings = dict(fields.pop("settings"))
-    for key in ("ignore",):
-        if settings.get(key) is not None:
-            settings[key] = tuple(settings[key])
+    if settings.get("ignore") is not None:
+        settings["ignore"] = tuple(settings["ignore"])  # JSON gave a list back
     fields["output"] = Path(fields["output"])
     fields["recipe_path"] = Path(fields["recipe_path"]) if fields.get("recipe_path") else None
     fields["calibration_flags"] = tuple(fields.get("calibration_flags") or ())

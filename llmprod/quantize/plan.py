@@ -69,7 +69,7 @@ def plan(spec: QuantizeSpec) -> dict[str, Any]:
     seconds = scale * (METHOD_SECONDS[s.method] * (1 - share) + calibration + IO_SECONDS
                        + (SMOOTHQUANT_SECONDS * token_factor if s.smoothquant is not None else 0))
     recipe = recipe_dict(spec)
-    modifiers = list(next(iter(next(iter(recipe.values())).values())).keys())
+    modifiers = list(recipe["quant_stage"]["quant_modifiers"])
     return {
         "dry_run": True,
         "model": spec.model,
