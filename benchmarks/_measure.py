@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: run a command as a child process, time it, read its own peak RSS."""
+"""Shared by the benchmark scripts: run a command as a child process, time it, read its own peak RSS; read
+the live processes and one process's memory and open descriptors from /proc (Linux)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 
 def run_measured(argv: list[str], env: dict | None = None) -> dict:
@@ -32,3 +34,28 @@ def median(values):
     values = sorted(values)
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """{pid: (process group, command line)} of every live process (zombies left out)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] == "Z":
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            out[int(entry.name)] = (int(fields[2]), cmd or f"[{stat[stat.index('(') + 1:stat.rindex(')')]}]")
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def rss_and_fds(pid: int) -> tuple[int, int]:
+    """A live process's resident memory in bytes and its open file descriptors."""
+    rss = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))

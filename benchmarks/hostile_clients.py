@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -26,13 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _measure import rss_and_fds  # noqa: E402
 from llmprod.testing.servers import free_port, wait_ready  # noqa: E402
-
-
-def rss_and_fds(pid: int) -> tuple[int, int]:
-    rss = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS:"))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 async def hostile(host: str, port: int, count: int, writers: list) -> None:

@@ -36,7 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _measure import processes, rss_and_fds  # noqa: E402
 from llmprod.testing.servers import free_port  # noqa: E402
 
 KEYS = {"alpha": "soak-alpha-0001", "beta": "soak-beta-0002", "gamma": "soak-gamma-0003", "capped": "soak-capped-04"}
@@ -63,35 +65,13 @@ def keys_file(work: Path) -> Path:
     return path
 
 
-def rss_and_fds(pid: int) -> tuple[int, int]:
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def engine_processes() -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "llmprod.testing.fake_engine" in cmd:
-                found.append((int(entry.name), cmd.strip()))
-    return found
+    return [(pid, cmd) for pid, (_, cmd) in processes().items() if "llmprod.testing.fake_engine" in cmd]
 
 
 def engine_leader() -> int | None:
-    for pid, cmd in engine_processes():
-        try:
-            if os.getpgid(pid) == pid and " serve " in f" {cmd} ":
-                return pid
-        except ProcessLookupError:
-            continue
-    return None
+    return next((pid for pid, (group, cmd) in processes().items()
+                 if pid == group and "llmprod.testing.fake_engine" in cmd and " serve " in f" {cmd} "), None)
 
 
 class Tally:

@@ -25,25 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from _measure import processes
 from llmprod.serve.engines import free_port
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    """{pid: (process group, command line)} of every live process."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] == "Z":
-                continue
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            out[int(entry.name)] = (int(fields[2]), cmd or f"[{stat[stat.index('(') + 1:stat.rindex(')')]}]")
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
 
 
 def ancestors() -> set[int]:
