@@ -21,17 +21,11 @@ R=${1:?usage: formats.sh RESULTS_DIR}
 mkdir -p "$R"
 W=/tmp/fm
 mkdir -p "$W"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-REPO=$PWD
-QP=$REPO:/tmp/lcsite  # llm-compressor 0.14 with compressed-tensors 0.19
-SP=$REPO:/tmp/vsite   # vLLM's own site (compressed-tensors 0.17), for serve and bench
-log() { echo "$(date +%T) $*" | tee -a "$R/progress.log"; }
+. benchmarks/h200/common.sh
 
 log "machine: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tr '\n' ';') cores $(nproc)"
 df -h /tmp | tail -1 >> "$R/progress.log"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lcsite .whl/*.whl \
-    || { log "wheels failed"; exit 1; }
+install_wheels
 
 # 1. the model and the texts
 PYTHONPATH=$QP python3 -c "
@@ -41,19 +35,6 @@ train, held = corpus_split()
 open('$W/cal.txt', 'w').write(train * 3)
 open('$W/eval.txt', 'w').write(held)" > "$R/model.json" 2> "$R/model.err" || { log "model build failed"; exit 1; }
 log "built $W/bf16"
-
-q() {  # q NAME GPUS... -- ARGS: one llmprod quantize run, its JSON, stderr and exit code kept
-  local name=$1; shift; local gpus=$1; shift
-  local t0=$(date +%s.%N) t1
-  CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$QP python3 -m llmprod quantize "$W/bf16" --output "$W/$name" --json "$@" \
-      > "$R/q-$name.json" 2> "$R/q-$name.err"
-  local rc=$?
-  t1=$(date +%s.%N)
-  echo "{\"name\": \"$name\", \"exit\": $rc, \"wall_seconds\": $(awk "BEGIN {print $t1 - $t0}"), \"args\": \"$*\"}" \
-      > "$R/q-$name.run.json"
-  [ $rc = 0 ] || touch "$R/q-$name.failed"
-  log "quantized $name: exit $rc"
-}
 
 # 2. one GPU, then two: the same calibration set
 CAL=(--dataset "$W/cal.txt" --num-samples 64 --seq-len 2048)
@@ -83,32 +64,6 @@ MODELS=(bf16 gptq-w4a16 w8a8-fp8 w8a8-int8 awq-w4a16 gptq-w8a16 fp8-block nvfp4a
 ready() { [ "$1" = bf16 ] || [ -f "$W/$1/llmprod.json" ]; }
 failed() { [ -f "$R/q-$1.failed" ]; }
 
-serve_bench() {  # serve_bench MODEL GPU PORT
-  local m=$1 gpu=$2 port=$3
-  log "serving $m on GPU $gpu"
-  CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$SP timeout 600 python3 -m llmprod serve "$W/$m" --engine vllm \
-      --vllm-bin /tmp/vbin/vllm --port "$port" --no-guardrails --max-model-len 4096 --engine-timeout 400 \
-      --engine-log "$R/vllm-$m.log" --json > "$R/serve-$m.json" 2> "$R/serve-$m.err" &
-  local serve=$!
-  for _ in $(seq 450); do
-    [ -s "$R/serve-$m.json" ] && break
-    kill -0 $serve 2>/dev/null || break
-    sleep 1
-  done
-  if [ -s "$R/serve-$m.json" ]; then
-    log "ready $m"
-    PYTHONPATH=$SP timeout 300 python3 -m llmprod bench "http://127.0.0.1:$port" --model "$W/$m" \
-        --concurrency 1,8,32,128 --input-tokens 256 --output-tokens 128 --ignore-eos --duration 12 \
-        --plot "$R/bench-$m.png" --json > "$R/bench-$m.json" 2> "$R/bench-$m.err"
-    log "benched $m: exit $?"
-  else
-    log "serve $m never became ready"
-  fi
-  kill -TERM $serve 2>/dev/null
-  wait $serve
-  log "stopped $m: exit $?"
-}
-
 lane() {  # lane GPU PORT: take the next checkpoint that is ready and not taken, until none is left
   local gpu=$1 port=$2
   while :; do
@@ -120,7 +75,7 @@ lane() {  # lane GPU PORT: take the next checkpoint that is ready and not taken,
       ready "$m" || continue
       mkdir "$R/claim-$m" 2>/dev/null || continue
       took=1
-      serve_bench "$m" "$gpu" "$port"
+      serve_bench "$m" "$m" "$gpu" "$port"
       break
     done
     [ $left = 0 ] && return
@@ -138,16 +93,7 @@ wait $lane0 $lane1
 log "all served"
 
 # 5. tensor parallel 2, then supervision with real process kills
-PYTHONPATH=$SP timeout 500 python3 -m llmprod serve "$W/bf16" --engine vllm --vllm-bin /tmp/vbin/vllm --port 8300 \
-    --no-guardrails --tensor-parallel-size 2 --max-model-len 8192 --engine-timeout 400 \
-    --engine-log "$R/vllm-bf16-tp2.log" --json > "$R/serve-bf16-tp2.json" 2> "$R/serve-bf16-tp2.err" &
-serve=$!
-for _ in $(seq 450); do [ -s "$R/serve-bf16-tp2.json" ] && break; kill -0 $serve 2>/dev/null || break; sleep 1; done
-if [ -s "$R/serve-bf16-tp2.json" ]; then
-  PYTHONPATH=$SP timeout 200 python3 -m llmprod bench http://127.0.0.1:8300 --model "$W/bf16" --concurrency 1,32,128 \
-      --input-tokens 256 --output-tokens 128 --ignore-eos --duration 12 --json > "$R/bench-bf16-tp2.json" 2> "$R/bench-bf16-tp2.err"
-fi
-kill -TERM $serve 2>/dev/null; wait $serve; log "tp2 done: exit $?"
+serve_bench bf16-tp2 bf16 0,1 8300 --tensor-parallel-size 2 --max-model-len 8192
 
 PYTHONPATH=$SP python3 -c "from llmprod.tinymodel import build_shaped_model as b; \
 b('tests/data/model-configs/meta-llama__Llama-3.2-1B-Instruct.json', '$W/l1b')" > /dev/null 2>&1

@@ -24,14 +24,9 @@ R=${1:?usage: remaining.sh RESULTS_DIR}
 mkdir -p "$R"
 W=/tmp/rm
 mkdir -p "$W"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-QP=$PWD:/tmp/lcsite
-SP=$PWD:/tmp/vsite
-log() { echo "$(date +%T) $*" | tee -a "$R/progress.log"; }
+. benchmarks/h200/common.sh
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lcsite .whl/*.whl \
-    || { log "wheels failed"; exit 1; }
+install_wheels
 PYTHONPATH=$QP python3 -c "
 from llmprod.tinymodel import build_shaped_model, corpus_split
 build_shaped_model('tests/data/model-configs/meta-llama__Llama-3.1-8B-Instruct.json', '$W/bf16')
@@ -40,13 +35,6 @@ train, held = corpus_split()
 open('$W/cal.txt', 'w').write(train * 3)
 open('$W/eval.txt', 'w').write(held * 4)" > "$R/model.out" 2>&1 || { log "model build failed"; exit 1; }
 log "built"
-
-q() {  # q NAME GPUS ARGS...
-  local name=$1 gpus=$2; shift 2
-  CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$QP python3 -m llmprod quantize "$W/bf16" --output "$W/$name" --json "$@" \
-      > "$R/q-$name.json" 2> "$R/q-$name.err"
-  log "quantized $name: exit $?"
-}
 
 # 1. one GPU, then two
 CAL=(--dataset "$W/cal.txt" --num-samples 64 --seq-len 2048)
@@ -69,27 +57,9 @@ for m in gptq-1gpu gptq-2gpu; do
   log "perplexity (transformers) $m: exit $?"
 done
 
-serve_bench() {  # serve_bench NAME GPUS PORT [vLLM args after --]
-  local m=$1 gpus=$2 port=$3; shift 3
-  CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$SP timeout 600 python3 -m llmprod serve "$W/$m" --engine vllm \
-      --vllm-bin /tmp/vbin/vllm --port "$port" --no-guardrails --max-model-len 4096 --engine-timeout 400 \
-      --engine-log "$R/vllm-$m.log" --json "$@" > "$R/serve-$m.json" 2> "$R/serve-$m.err" &
-  local serve=$!
-  for _ in $(seq 450); do [ -s "$R/serve-$m.json" ] && break; kill -0 $serve 2>/dev/null || break; sleep 1; done
-  if [ -s "$R/serve-$m.json" ]; then
-    PYTHONPATH=$SP timeout 300 python3 -m llmprod bench "http://127.0.0.1:$port" --model "$W/$m" \
-        --concurrency 1,8,32,128 --input-tokens 256 --output-tokens 128 --ignore-eos --duration 12 \
-        --plot "$R/bench-$m.png" --json > "$R/bench-$m.json" 2> "$R/bench-$m.err"
-    log "benched $m: exit $?"
-  else
-    log "serve $m never became ready"
-  fi
-  kill -TERM $serve 2>/dev/null; wait $serve; log "stopped $m: exit $?"
-}
-
 while [ ! -f "$R/quantized.done" ]; do sleep 5; done
-serve_bench fp8-kv 0 8100
-serve_bench awq-gemm 0 8101
+serve_bench fp8-kv fp8-kv 0 8100
+serve_bench awq-gemm awq-gemm 0 8101
 
 # 4. perplexity as served, and the transformers path, on the same windows (one GPU)
 for m in bf16 gptq-1gpu; do
@@ -102,7 +72,7 @@ CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$QP timeout 900 python3 -m llmprod perplexity 
 log "perplexity (transformers) bf16: exit $?"
 
 # 5. tensor parallel 2
-serve_bench bf16 0,1 8102 --tensor-parallel-size 2
+serve_bench bf16-tp2 bf16 0,1 8102 --tensor-parallel-size 2
 PYTHONPATH=$SP timeout 900 python3 -m llmprod perplexity "$W/bf16" --engine vllm --vllm-bin /tmp/vbin/vllm \
     --tensor-parallel-size 2 "${PPL[@]}" > "$R/ppl-vllm-bf16-tp2.json" 2> "$R/ppl-vllm-bf16-tp2.err"
 log "perplexity (vllm, tp2) bf16: exit $?"
