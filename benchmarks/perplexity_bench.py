@@ -1,8 +1,14 @@
 """`llmprod perplexity`'s scoring loop against the plain reference loop: tokens/s and peak memory.
 
-Same model, same text, same windows and batch size; each run in its own process (so peak RSS is
-its own), alternating, median of --repeats. The model has a Llama-3-sized vocabulary (128,256 rows)
-so the [batch, seq, vocab] float32 logits the reference materialises are as large as in practice.
+Same model, same text, same windows, each at its defaults: the reference one window a pass with full
+float32 logits, `llmprod perplexity` with --batch-size auto; both in the dtype the CLI picks (bfloat16
+on a GPU, float32 on a CPU). Each run in its own process (so peak memory is its own), alternating,
+median of --repeats. The built model has a Llama-3-sized vocabulary (128,256 rows) so the
+[batch, seq, vocab] float32 logits the reference materialises are as large as in practice; --model
+takes a real shape (the H200 runs use Llama-3.2-1B and Llama-3.1-8B shapes with random weights).
+
+--variants adds runs beside the two: `llmprod-bN` (a fixed batch of N windows) and `llmprod-eager`
+(eager attention instead of SDPA), to show where the defaults come from.
 
     python benchmarks/perplexity_bench.py --out benchmarks/results/perplexity-cpu.json
 """
@@ -24,28 +30,32 @@ import json, resource, sys, time, psutil, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmprod.evaluate.perplexity import compute_perplexity, plan_windows, tokenize_once
 from llmprod.evaluate.reference import reference_perplexity
-variant, model_dir, text_file, seq_len, batch, device = sys.argv[1:7]
-seq_len, batch = int(seq_len), int(batch)
-torch.set_num_threads(torch.get_num_threads())
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+variant, model_dir, text_file, seq_len, batch, device, max_tokens, dtype = sys.argv[1:9]
+seq_len = int(seq_len)
+dtype = getattr(torch, dtype)
+attn = "eager" if variant.endswith("-eager") else "sdpa"
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).to(device).eval()
 ids, _ = tokenize_once(AutoTokenizer.from_pretrained(model_dir), open(text_file).read())
-ids = ids[: int(sys.argv[7])]
+ids = ids[: int(max_tokens)]
 plan = plan_windows(len(ids), seq_len)
 ids = ids[: len(plan.windows) * seq_len]
 after_load = psutil.Process().memory_info().rss
 if device == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); gpu_base = torch.cuda.memory_allocated()
 t = time.perf_counter()
-if variant == "llmprod":
+if variant.startswith("llmprod"):
+    from llmprod.evaluate.perplexity import auto_batch_size
+    batch = int(variant.split("-b")[1]) if "-b" in variant else auto_batch_size(model, seq_len, len(plan.windows))
     nll, _ = compute_perplexity(model, ids, plan, batch_size=batch)
     import math; ppl = math.exp(nll / plan.scored)
 else:
+    batch = int(batch)
     ppl = reference_perplexity(model, ids, seq_len, batch_size=batch)
 if device == "cuda":
     torch.cuda.synchronize()
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"perplexity": ppl, "tokens": len(plan.windows) * seq_len, "seconds": seconds,
+print(json.dumps({"perplexity": ppl, "batch_size": batch, "dtype": str(dtype), "tokens": len(plan.windows) * seq_len, "seconds": seconds,
                   "tokens_per_s": len(plan.windows) * seq_len / seconds,
                   "scoring_rss_bytes": peak - after_load,
                   "peak_gpu_bytes": (torch.cuda.max_memory_allocated() - gpu_base) if device == "cuda" else None}))
@@ -57,7 +67,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("work/bench"))
     parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1, help="the reference's windows per pass")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU, float32 on a CPU (the CLI's)")
+    parser.add_argument("--variants", default="", help="more runs beside the two, e.g. llmprod-b1,llmprod-eager")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16 * 2048)
     parser.add_argument("--device", default="cpu")
@@ -70,11 +82,12 @@ def main() -> None:
     model = args.model or cached_tiny_model(args.work, spec)
     text = args.work / "perplexity-text.txt"
     text.write_text("\n\n".join(corpus_split()))
-    runs = {"llmprod": [], "reference": []}
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device.startswith("cuda") else "float32")
+    runs = {v: [] for v in ["llmprod", "reference", *filter(None, args.variants.split(","))]}
     for _ in range(args.repeats):
         for variant in runs:  # alternate, so drift on a shared machine hits both alike
             cmd = [sys.executable, "-c", CHILD, variant, str(model), str(text), str(args.seq_len),
-                   str(args.batch_size), args.device, str(args.max_tokens)]
+                   str(args.batch_size), args.device, str(args.max_tokens), dtype]
             runs[variant].append(json.loads(run_measured(cmd)["stdout"]))
     summary = {}
     for variant, rs in runs.items():
@@ -84,13 +97,16 @@ def main() -> None:
             "peak_gpu_bytes": median([r["peak_gpu_bytes"] for r in rs]) if rs[0]["peak_gpu_bytes"] else None,
             "perplexity": rs[0]["perplexity"],
             "tokens": rs[0]["tokens"],
+            "batch_size": rs[0]["batch_size"],
         }
     a, b = summary["llmprod"], summary["reference"]
+    config = json.loads((Path(model) / "config.json").read_text())
     result = {
         "command": " ".join(["python", "benchmarks/perplexity_bench.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": args.device},
-        "model": {"path": str(model), "vocab_size": 128_256, "hidden_size": 256, "layers": 4},
-        "seq_len": args.seq_len, "batch_size": args.batch_size, "repeats": args.repeats,
+        "model": {"path": str(model), **{k: config.get(k) for k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}},
+        "seq_len": args.seq_len, "dtype": dtype, "repeats": args.repeats,
         "max_tokens": args.max_tokens,
         "llmprod": a, "reference": b,
         "ratios": {
@@ -101,6 +117,11 @@ def main() -> None:
                if a["peak_gpu_bytes"] else {}),
             "perplexity relative difference": abs(a["perplexity"] - b["perplexity"]) / b["perplexity"],
         },
+        "variants (tokens/s and peak memory against the reference)": {
+            v: {"batch_size": summary[v]["batch_size"], "speed": summary[v]["tokens_per_s"] / b["tokens_per_s"],
+                **({"peak_gpu_memory": summary[v]["peak_gpu_bytes"] / b["peak_gpu_bytes"]}
+                   if b["peak_gpu_bytes"] else {})}
+            for v in summary if v != "reference"},
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ def perplexity(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 2048,
     stride: Annotated[Optional[int], typer.Option("--stride", help="Smaller than --seq-len: sliding windows.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Evaluate only the first N tokens.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
+    batch_size: Annotated[str, typer.Option(
+        "--batch-size", help="Windows per forward pass; auto: 1 on a CPU, about 8,192 tokens a pass on a GPU.")] = "auto",
     device: DeviceOpt = Device.auto,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
     max_increase: Annotated[
@@ -58,12 +59,13 @@ def perplexity(
                              hint="pass --baseline-upstream URL (a vLLM serving the baseline), or use --engine vllm")
         if baseline_upstream and not upstream:
             raise InputError("--baseline-upstream goes with --upstream", hint="add --upstream, or drop it")
+        batch = _batch_size(batch_size)
         served = dict(engine=engine, vllm_bin=vllm_bin, tensor_parallel_size=tensor_parallel_size,
                       concurrency=concurrency, api_key=api_key)
-        specs = [PerplexitySpec(model, dataset, seq_len, stride, max_tokens, batch_size, device.value, dtype, revision,
+        specs = [PerplexitySpec(model, dataset, seq_len, stride, max_tokens, batch, device.value, dtype, revision,
                                 upstream=upstream, served_model_name=served_model_name, **served)]
         if baseline:
-            specs.append(PerplexitySpec(baseline, dataset, seq_len, stride, max_tokens, batch_size, device.value,
+            specs.append(PerplexitySpec(baseline, dataset, seq_len, stride, max_tokens, batch, device.value,
                                         dtype, None, upstream=baseline_upstream, **served))
         for spec in specs:
             spec.validate()
@@ -89,6 +91,15 @@ def perplexity(
         if verdict is not None and not verdict.passed:
             raise CheckFailed(verdict.describe(results[0].perplexity, results[1].perplexity),
                               hint="the quantized model lost more quality than --max-increase allows")
+
+
+def _batch_size(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--batch-size {value!r} is not a number", hint="give a whole number of windows, or auto") from None
 
 
 def _render(console, results, verdict) -> None:

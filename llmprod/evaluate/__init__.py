@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmprod.errors import InputError
-from llmprod.evaluate.perplexity import (PerplexityResult, ProgressFn, compute_perplexity, plan_windows,
-                                         scored_bytes, summarize, tokenize_once)
+from llmprod.evaluate.perplexity import (PerplexityResult, ProgressFn, auto_batch_size, compute_perplexity,
+                                         plan_windows, scored_bytes, summarize, tokenize_once)
 from llmprod.evaluate.texts import load_eval_text
 from llmprod.libraryoutput import library_output
 from llmprod.modelio import load_causal_lm, load_tokenizer, max_context, resolve_model
@@ -19,7 +19,7 @@ class PerplexitySpec:
     seq_len: int = 2048
     stride: int | None = None
     max_tokens: int | None = None
-    batch_size: int = 1
+    batch_size: int | None = None  # windows per forward pass; None: auto (perplexity.auto_batch_size)
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None  # of a hub model
@@ -44,8 +44,8 @@ class PerplexitySpec:
             raise InputError("--vllm-bin and --tensor-parallel-size apply to --engine vllm", hint="add --engine vllm")
         if self.concurrency < 1:
             raise InputError("--concurrency must be at least 1")
-        if self.batch_size < 1:
-            raise InputError("--batch-size must be at least 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size} must be at least 1", hint="or leave it at auto")
         if self.max_tokens is not None and self.max_tokens < self.seq_len:
             raise InputError(f"--max-tokens {self.max_tokens} is smaller than --seq-len {self.seq_len}",
                              hint="raise --max-tokens or lower --seq-len so at least one window fits")
@@ -72,10 +72,10 @@ def measure_perplexity(spec: PerplexitySpec, on_progress: ProgressFn | None = No
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    total_nll, seconds = compute_perplexity(model, ids, plan, batch_size=spec.batch_size,
-                                            on_progress=on_progress)
+    batch = spec.batch_size or auto_batch_size(model, spec.seq_len, len(plan.windows))
+    total_nll, seconds = compute_perplexity(model, ids, plan, batch_size=batch, on_progress=on_progress)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return _result(spec, text, tokenizer, ids, offsets, plan, total_nll, seconds, batch_size=spec.batch_size,
+    return _result(spec, text, tokenizer, ids, offsets, plan, total_nll, seconds, batch_size=batch,
                    device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                    peak_gpu_memory_bytes=peak)
 

@@ -87,6 +87,21 @@ def test_cli_reports_windows_remainder_and_bytes(cli, trained_model_dir, eval_te
     assert doc["seconds"] > 0 and doc["tokens_per_s"] > 0
     assert 0 < doc["bits_per_byte"] < 8
     assert math.isclose(doc["perplexity"], math.exp(doc["mean_nll"]))
+    assert doc["batch_size"] == 1  # auto on a CPU: batching gains nothing there
+
+
+def test_auto_batch_fills_a_pass_within_free_memory():
+    from llmprod.evaluate.perplexity import TOKENS_PER_PASS, batch_for
+
+    gib = 1 << 30
+    per_token = 2 * (4 * 2048 + 3 * 8192)  # a 1B Llama in bfloat16
+    assert batch_for(2048, 100, 100 * gib, per_token) == TOKENS_PER_PASS // 2048
+    assert batch_for(512, 100, 100 * gib, per_token) == TOKENS_PER_PASS // 512
+    assert batch_for(2048, 2, 100 * gib, per_token) == 2  # never more windows than there are
+    # Little free memory: only as many windows as half of it holds, and never fewer than one.
+    assert batch_for(2048, 100, 2 * 2048 * per_token * 2, per_token) == 2
+    assert batch_for(2048, 100, 1 << 20, per_token) == 1
+    assert batch_for(16384, 100, 100 * gib, per_token) == 1
 
 
 @pytest.mark.slow
@@ -160,6 +175,11 @@ def test_named_dataset_while_offline_suggests_a_local_file(cli, tiny_model_dir):
 
 def test_missing_model(cli, tmp_path, eval_text_file):
     assert "not found" in _bad(cli, tmp_path / "no-model", "--dataset", eval_text_file)
+
+
+@pytest.mark.parametrize("value,message", [("many", "is not a number"), ("0", "must be at least 1")])
+def test_bad_batch_size(cli, tiny_model_dir, eval_text_file, value, message):
+    assert message in _bad(cli, tiny_model_dir, "--dataset", eval_text_file, "--batch-size", value)
 
 
 def test_gate_needs_a_baseline(cli, tiny_model_dir, eval_text_file):
