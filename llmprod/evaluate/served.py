@@ -118,7 +118,8 @@ def launch_vllm(model: str, seq_len: int, vllm_bin: str | None, tensor_parallel_
     if path is None:
         raise InputError("--engine vllm, but no vllm executable is on PATH",
                          hint="install vLLM (it needs a GPU), pass --vllm-bin, or use --engine transformers")
-    options = EngineOptions(max_model_len=seq_len, tensor_parallel_size=tensor_parallel_size)
+    # vLLM refuses a prompt whose length plus max_tokens exceeds --max-model-len: a window and the one token.
+    options = EngineOptions(max_model_len=seq_len + 1, tensor_parallel_size=tensor_parallel_size)
     command = vllm_command(path, model, "scored", free_port(), options, "--engine vllm")
     engine = EngineProcess(command, log_dir / f"perplexity-vllm-{command.port}.log")
     engine.start()

@@ -40,11 +40,13 @@ WORDS = ("the ", "model ", "writes ", "plain ", "prose ", "about ", "serving ", 
 
 
 def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool = False,
-             text: str | None = None, logprobs_model: str | None = None) -> Starlette:
+             text: str | None = None, logprobs_model: str | None = None,
+             max_model_len: int | None = None) -> Starlette:
     """`text`: a kind of llmprod.testing.texts (prose, runs, code, json, base64) for the default answer;
     `words`: plain words without digits; else "t0 t1 ...". `logprobs_model`: a model directory whose
     float32 log-probabilities answer vLLM's `prompt_logprobs` on a prompt of token ids (without it the
-    field is absent from answers, as from servers that do not support it)."""
+    field is absent from answers, as from servers that do not support it). `max_model_len`: a prompt of token
+    ids plus max_tokens longer than this is refused with vLLM's 400."""
     scorer = _PromptScorer(logprobs_model) if logprobs_model else None
     stats = {"generations": 0, "cancelled": 0, "completed": 0, "last_body": None}
     text_kind = text
@@ -90,6 +92,13 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
         if not body.get("stream"):
             content = "".join(pieces)
             prompt = body.get("prompt")
+            wanted = (len(prompt) if isinstance(prompt, list) else 0) + int(body.get("max_tokens") or 16)
+            if max_model_len is not None and wanted > max_model_len:  # vLLM 0.26.0's check and message
+                return JSONResponse({"error": {
+                    "message": f"This model's maximum context length is {max_model_len} tokens. However, you "
+                               f"requested {body.get('max_tokens')} output tokens and your prompt contains at "
+                               f"least {len(prompt)} input tokens, for a total of at least {wanted} tokens.",
+                    "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
             if (not chat and body.get("prompt_logprobs") is not None and scorer is not None and isinstance(prompt, list)
                     and all(isinstance(t, int) for t in prompt)):
                 stats["completed"] += 1
@@ -201,6 +210,7 @@ def main() -> None:
     parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child in the same group")
     parser.add_argument("--logprobs-model", default=None, help="a model directory that answers prompt_logprobs")
     parser.add_argument("--child-pid-file", default=None)
+    parser.add_argument("--max-model-len", type=int, default=None)
     args, _unknown = parser.parse_known_args(argv)
     if args.spawn_child or os.environ.get("FAKE_ENGINE_CHILD_PID_FILE"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
@@ -211,7 +221,7 @@ def main() -> None:
     import uvicorn
 
     uvicorn.run(make_app(args.tokens, args.itl, args.served_model_name or model, args.words, args.text,
-                         args.logprobs_model), host=args.host,
+                         args.logprobs_model, args.max_model_len), host=args.host,
                 port=args.port, log_level="warning")
 
 

@@ -91,7 +91,8 @@ def test_engine_vllm_launches_scores_and_stops(cli, trained_model_dir, eval_text
     assert doc["engine"].startswith("vllm") and doc["windows"] == 4
     argv = args_file.read_text().split()
     assert argv[:2] == ["serve", str(trained_model_dir)] and "--max-model-len" in argv
-    assert argv[argv.index("--max-model-len") + 1] == "128" and argv[argv.index("--tensor-parallel-size") + 1] == "1"
+    # A window of --seq-len tokens plus the one token vLLM must generate: the fake refuses longer, as vLLM does.
+    assert argv[argv.index("--max-model-len") + 1] == "129" and argv[argv.index("--tensor-parallel-size") + 1] == "1"
     from pathlib import Path
 
     assert not any("fake_engine" in (p / "cmdline").read_bytes().decode(errors="replace")
