@@ -58,7 +58,8 @@ def launch_plan(job_file: Path, gpus: int, environ: dict[str, str] | None = None
 
 
 def _subprocess_launcher(argv: Sequence[str], env: dict[str, str]) -> int:
-    return subprocess.run(list(argv), env=env, check=False).returncode
+    """torchrun with its ranks' stdout (llm-compressor logs there) sent to stderr: --json keeps stdout one document."""
+    return subprocess.run(list(argv), env=env, check=False, stdout=sys.stderr.fileno()).returncode
 
 
 LAUNCHER: Launcher = _subprocess_launcher

@@ -19,6 +19,15 @@ def test_partition_is_contiguous_complete_and_even():
     assert _partition(samples, 0, 1) == samples
 
 
+def test_the_ranks_stdout_goes_to_stderr(capfd):
+    """llm-compressor logs to stdout in every rank; with --json, stdout must stay one document (seen on the H200)."""
+    import sys
+
+    status = distributed._subprocess_launcher([sys.executable, "-c", "print('rank log line')"], {})
+    out, err = capfd.readouterr()
+    assert status == 0 and out == "" and "rank log line" in err
+
+
 def test_launch_plan_is_torchrun_on_one_host_with_nvls_off(tmp_path):
     argv, env = distributed.launch_plan(tmp_path / "job.json", 2, {"PATH": "/bin"})
     assert argv[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
