@@ -29,17 +29,12 @@ from _measure import processes
 from llmprod.serve.engines import free_port
 
 
-def ancestors() -> set[int]:
-    """This process and the ones above it."""
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
+def parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def group_members(pgid: int) -> list[str]:
@@ -144,6 +139,7 @@ def main() -> int:
     serve = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready = read_document(serve.stdout)
     result: dict = {"command": " ".join(cmd), "ready": ready, "startup_seconds": round(time.monotonic() - started, 1)}
+    groups: set[int] = set()
     try:
         if "url" not in ready:
             result["error"] = serve.stderr.read()[-2000:]
@@ -153,6 +149,7 @@ def main() -> int:
         time.sleep(3)
         kills = []
         leader = ready["engine_pid"]
+        groups.add(leader)
         core = [pid for pid, (group, cmd) in processes().items() if group == leader and args.core_pattern in cmd
                 and pid != leader]
         if core:
@@ -162,6 +159,7 @@ def main() -> int:
                           "group": group_members(leader)})
         time.sleep(2)
         leader = _engine_leader(serve.pid)
+        groups.add(leader)
         kills.append(kill_and_recover(load, leader, "API server (group leader)", args.timeout))
         time.sleep(2)
         load.stop.set()
@@ -169,9 +167,10 @@ def main() -> int:
         result["requests"] = len(load.records)
         result["dropped_connections"] = sum(1 for r in load.records if r[1] == 0)
     finally:
-        mine = ancestors()
-        groups = {pgid for pid, (pgid, cmd) in processes().items()
-                  if pid not in mine and ("vllm" in cmd.lower() or args.core_pattern in cmd)}
+        try:
+            groups.add(_engine_leader(serve.pid))  # the engine started after the last kill
+        except SystemExit:
+            pass
         stopping = time.monotonic()
         serve.send_signal(signal.SIGTERM)
         try:
@@ -181,9 +180,9 @@ def main() -> int:
             result["serve_exit_code"] = "killed after 120 s"
         result["shutdown_seconds"] = round(time.monotonic() - stopping, 1)
         time.sleep(1)
-        mine = ancestors()  # the shells that ran this script may name vllm on their command lines
-        left = [f"{pid} {cmd[:120]}" for pid, (pgid, cmd) in processes().items()
-                if pid not in mine and (pgid in groups or args.core_pattern in cmd or "vllm.entrypoints" in cmd)]
+        # Every process of every engine `serve` started (each in its own group, EngineCore and workers with
+        # it); other vLLMs on the machine are not this run's business.
+        left = [f"{pid} {cmd[:120]}" for pid, (pgid, cmd) in processes().items() if pgid in groups]
         result["left_behind"] = left
         result["serve_stderr_tail"] = serve.stderr.read()[-3000:]
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -192,9 +191,9 @@ def main() -> int:
 
 
 def _engine_leader(serve_pid: int) -> int:
-    """The engine's process now (a restart changed it): the leader of its own group, running `... serve ...`."""
+    """The engine's process now (a restart changed it): serve's child that leads its own group."""
     for pid, (pgid, cmd) in processes().items():
-        if pid == pgid and pid != serve_pid and " serve " in cmd and ("vllm" in cmd or "fake_engine" in cmd):
+        if pid == pgid and parent(pid) == serve_pid and " serve " in cmd:
             return pid
     raise SystemExit("cannot find the engine's process after the restart")
 

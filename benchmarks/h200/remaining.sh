@@ -42,11 +42,11 @@ PPL=(--dataset "$W/eval.txt" --seq-len 2048 --max-tokens 65536 --json)
 ppl_vllm() {  # ppl_vllm NAME GPUS [flags]: perplexity as served, vLLM's start-up log kept
   local m=$1 gpus=$2; shift 2
   local tag=$m${1:+-tp2}
-  rm -f /tmp/llmprod/perplexity-vllm-*.log
-  CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$SP timeout 900 python3 -m llmprod perplexity "$W/$m" --engine vllm \
-      --vllm-bin /tmp/vbin/vllm "${PPL[@]}" "$@" > "$R/ppl-vllm-$tag.json" 2> "$R/ppl-vllm-$tag.err"
+  mkdir -p "$W/tmp-$tag"  # each run's own TMPDIR: its vLLM log is under $TMPDIR/llmprod, not shared
+  TMPDIR=$W/tmp-$tag CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$SP timeout 900 python3 -m llmprod perplexity "$W/$m" \
+      --engine vllm --vllm-bin /tmp/vbin/vllm "${PPL[@]}" "$@" > "$R/ppl-vllm-$tag.json" 2> "$R/ppl-vllm-$tag.err"
   log "perplexity (vllm) $tag: exit $?"
-  cp /tmp/llmprod/perplexity-vllm-*.log "$R/vllm-ppl-$tag.log" 2>/dev/null
+  cp "$W/tmp-$tag"/llmprod/perplexity-vllm-*.log "$R/vllm-ppl-$tag.log" 2>/dev/null
 }
 ppl_transformers() {  # ppl_transformers NAME GPU
   CUDA_VISIBLE_DEVICES=$2 PYTHONPATH=$QP timeout 900 python3 -m llmprod perplexity "$W/$1" "${PPL[@]}" \
