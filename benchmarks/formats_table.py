@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["bf16", "gptq-w4a16", "awq-w4a16", "gptq-w8a16", "w8a8-fp8", "fp8-block", "w8a8-int8", "nvfp4a16"]
+ORDER = ["bf16", "gptq-w4a16", "awq-w4a16", "awq-gemm", "gptq-w8a16", "w8a8-fp8", "w8a8-fp8-kv", "fp8-block", "w8a8-int8",
+         "nvfp4a16"]
 KERNEL = re.compile(r"(?:Using|Selected) (\w+) for")
 LOADED = re.compile(r"Model loading took ([\d.]+) GiB")
 
