@@ -24,7 +24,7 @@ PYTHONPATH=$PWD python3 -c "
 from llmprod.tinymodel import build_shaped_model, corpus_split
 build_shaped_model('tests/data/model-configs/meta-llama__Llama-3.1-8B-Instruct.json', '$W/l8b')
 build_shaped_model('tests/data/model-configs/meta-llama__Llama-3.2-1B-Instruct.json', '$W/l1b')
-open('$W/eval.txt', 'w').write('\n\n'.join(corpus_split() * 2))" > "$R/model.out" 2>&1 || { log "model build failed"; exit 1; }
+open('$W/eval.txt', 'w').write('\n\n'.join(corpus_split() * 3))" > "$R/model.out" 2>&1 || { log "model build failed"; exit 1; }
 log "built"
 
 PPL=(--dataset "$W/eval.txt" --seq-len 2048 --max-tokens 262144 --json)
