@@ -67,6 +67,7 @@ def served_nll(served: Served, ids: Sequence[int], plan: WindowPlan, concurrency
                on_progress: ProgressFn | None = None, post: Callable[[dict], Any] | None = None) -> tuple[float, float]:
     """(total NLL, seconds): the windows `concurrency` at a time."""
     import httpx
+    import orjson
 
     client = None
     if post is None:
@@ -79,7 +80,9 @@ def served_nll(served: Served, ids: Sequence[int], plan: WindowPlan, concurrency
             if response.status_code != 200:
                 raise OperationFailed(f"the server answered a window with HTTP {response.status_code}: "
                                       f"{response.text[:200]}", hint="check the server's log")
-            return response.json()
+            # A window's prompt logprobs are ~170 KB of JSON; orjson parses them 4x faster than json, and the
+            # threads take turns under the GIL for it.
+            return orjson.loads(response.content)
 
     seq_len = plan.windows[0].end - plan.windows[0].begin
     done = 0
