@@ -54,6 +54,20 @@ def processes() -> dict[int, tuple[int, str]]:
     return out
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def engine_leader(serve_pid: int) -> int | None:
+    """The engine `serve` runs now (a restart changes it): serve's child that leads its own process group."""
+    return next((pid for pid, (group, cmd) in processes().items()
+                 if pid == group and parent_of(pid) == serve_pid and " serve " in f" {cmd} "), None)
+
+
 def rss_and_fds(pid: int) -> tuple[int, int]:
     """A live process's resident memory in bytes and its open file descriptors."""
     rss = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()

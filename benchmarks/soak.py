@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _measure import processes, rss_and_fds  # noqa: E402
+from _measure import engine_leader, processes, rss_and_fds  # noqa: E402
 from llmprod.testing.servers import free_port  # noqa: E402
 
 KEYS = {"alpha": "soak-alpha-0001", "beta": "soak-beta-0002", "gamma": "soak-gamma-0003", "capped": "soak-capped-04"}
@@ -65,13 +65,9 @@ def keys_file(work: Path) -> Path:
     return path
 
 
-def engine_processes() -> list[tuple[int, str]]:
-    return [(pid, cmd) for pid, (_, cmd) in processes().items() if "llmprod.testing.fake_engine" in cmd]
-
-
-def engine_leader() -> int | None:
-    return next((pid for pid, (group, cmd) in processes().items()
-                 if pid == group and "llmprod.testing.fake_engine" in cmd and " serve " in f" {cmd} "), None)
+def engine_processes(groups: set[int]) -> list[tuple[int, str]]:
+    """Processes of the engines `serve` started (each in its own group); other engines on the machine aside."""
+    return [(pid, cmd) for pid, (group, cmd) in processes().items() if group in groups]
 
 
 class Tally:
@@ -181,12 +177,13 @@ async def load(url: str, streams: int, seconds: float, seed: int, tally: Tally) 
     await asyncio.gather(*(worker(i) for i in range(streams)))
 
 
-async def chaos(every: float, seconds: float, kills: list[dict]) -> None:
+async def chaos(every: float, seconds: float, kills: list[dict], serve_pid: int, groups: set[int]) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() + every < deadline:
         await asyncio.sleep(every)
-        leader = engine_leader()
+        leader = engine_leader(serve_pid)
         if leader is not None:
+            groups.add(leader)
             os.killpg(leader, signal.SIGKILL)
             kills.append({"at": round(time.monotonic(), 1), "pid": leader})
 
@@ -231,9 +228,10 @@ def run(minutes: float, streams: int, kill_every: float, seed: int) -> dict:
     url = ready["url"].removesuffix("/v1")
     seconds = minutes * 60
     tally, kills, samples = Tally(), [], []
+    groups = {ready["engine_pid"]}
 
     async def main() -> None:
-        await asyncio.gather(load(url, streams, seconds, seed, tally), chaos(kill_every, seconds, kills),
+        await asyncio.gather(load(url, streams, seconds, seed, tally), chaos(kill_every, seconds, kills, serve.pid, groups),
                              sample(serve.pid, seconds, samples))
 
     started = time.monotonic()
@@ -241,10 +239,12 @@ def run(minutes: float, streams: int, kill_every: float, seed: int) -> dict:
     elapsed = time.monotonic() - started
     time.sleep(1.0)
     counted = gateway_counts(httpx.get(f"{url}/metrics", timeout=10).text)
+    last = engine_leader(serve.pid)
+    groups |= {last} if last is not None else set()
     serve.send_signal(signal.SIGTERM)
     exit_code = serve.wait(timeout=60)
     time.sleep(1.0)
-    left = engine_processes()
+    left = engine_processes(groups)
     clients = dict(tally.statuses)
     return {
         "command": " ".join(["python", "benchmarks/soak.py", *sys.argv[1:]]),

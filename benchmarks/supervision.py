@@ -25,16 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from _measure import processes
+from _measure import engine_leader, processes
 from llmprod.serve.engines import free_port
-
-
-def parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def group_members(pgid: int) -> list[str]:
@@ -191,11 +183,11 @@ def main() -> int:
 
 
 def _engine_leader(serve_pid: int) -> int:
-    """The engine's process now (a restart changed it): serve's child that leads its own group."""
-    for pid, (pgid, cmd) in processes().items():
-        if pid == pgid and parent(pid) == serve_pid and " serve " in cmd:
-            return pid
-    raise SystemExit("cannot find the engine's process after the restart")
+    """The engine's process now (a restart changed it), or exit: nothing to measure without it."""
+    leader = engine_leader(serve_pid)
+    if leader is None:
+        raise SystemExit("cannot find the engine's process after the restart")
+    return leader
 
 
 if __name__ == "__main__":
