@@ -13,7 +13,9 @@ By default everything shares this machine's cores: the client, the engine and th
 them, so at high concurrency the ratio also measures the gateway's CPU use per token, which is reported
 beside the engine's (CPU seconds from /proc over each run, per streamed token). With --isolate the engine,
 the client and each gateway run on a core of their own (as a gateway does in production, beside an
-engine on a GPU), so the ratio measures the extra hop rather than the competition for CPU.
+engine on a GPU), so the ratio measures the extra hop rather than the competition for CPU. --workers N
+runs each gateway as N processes (`serve --workers N`), with N cores of its own under --isolate; their CPU
+is summed.
 """
 
 from __future__ import annotations
@@ -35,9 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a running process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a running process and its children have used so far (Linux /proc): a gateway
+    with --workers is `serve` and the worker processes it started."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def spawn(args: list[str], cores: set[int] | None, **kwargs) -> subprocess.Popen:
@@ -80,16 +93,19 @@ def main() -> int:
     parser.add_argument("--model", default="fake", help="the model name the --upstream engine serves")
     parser.add_argument("--isolate", action="store_true",
                         help="a core of its own for the engine, the client and each gateway (needs 4 cores)")
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes each (serve --workers)")
     args = parser.parse_args()
 
     placement: dict[str, set[int]] = {}
     if args.isolate:
         cores = sorted(os.sched_getaffinity(0))
-        if len(cores) < 4:
-            parser.error(f"--isolate needs 4 cores, this process may use {len(cores)}")
-        cores = cores[1:] if len(cores) > 4 else cores  # leave the first core to the system where possible
-        roles = ("engine", "client", "gateway", "gateway+default-policy")
-        placement = {role: {core} for role, core in zip(roles, cores)}
+        need = 2 + 2 * args.workers
+        if len(cores) < need:
+            parser.error(f"--isolate needs {need} cores, this process may use {len(cores)}")
+        cores = cores[1:] if len(cores) > need else cores  # leave the first core to the system where possible
+        placement = {"engine": {cores[0]}, "client": {cores[1]},
+                     "gateway": set(cores[2:2 + args.workers]),
+                     "gateway+default-policy": set(cores[2 + args.workers:2 + 2 * args.workers])}
 
     procs = []
     try:
@@ -107,7 +123,7 @@ def main() -> int:
         for name, flags in (("gateway", ["--no-guardrails"]), ("gateway+default-policy", [])):
             port = free_port()
             procs.append(spawn([sys.executable, "-m", "llmprod", "serve", "--upstream", engine, "--port", str(port),
-                                *flags], placement.get(name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                "--workers", str(args.workers), *flags], placement.get(name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             targets[name], pids[name] = f"http://127.0.0.1:{port}", procs[-1].pid
             wait_ready(f"{targets[name]}/health")
         levels = [int(c) for c in args.concurrency.split(",")]
@@ -183,7 +199,7 @@ def main() -> int:
               "cores": {role: sorted(c) for role, c in placement.items()} or "shared",
               "rounds": args.rounds, "seconds_per_level": args.duration, "output_tokens": args.output_tokens,
               "text": "what the model writes" if args.upstream else args.text, "engine_itl_s": args.itl,
-              "upstream": args.upstream, "model": args.model,
+              "upstream": args.upstream, "model": args.model, "gateway_workers": args.workers,
               "goal": {"added_ttft_p50_ms": 2.0, "throughput_ratio": 0.9}, "levels": table,
               "cpu_us_per_output_token": cpu_us_per_token, "per_round": per_round}
     args.out.parent.mkdir(parents=True, exist_ok=True)

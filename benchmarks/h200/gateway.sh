@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The gateway's cost with the default policy on the H200 machine, from the repository root:
-#   bash benchmarks/h200/gateway.sh host OUTDIR     the fake engine at 2 ms a token, prose and runs, a core each
+#   bash benchmarks/h200/gateway.sh host OUTDIR     the fake engine at 2 ms a token, prose and runs, a core each,
+#                                                   then each gateway as 4 processes on 4 cores
 #   bash benchmarks/h200/gateway.sh vllm OUTDIR     real vLLM (/tmp/vbin/vllm) on the tiny model, trained
 #                                                   (prose-like) and random (gibberish runs)
 set -uo pipefail
@@ -11,6 +12,9 @@ if [ "$what" = host ]; then
   for text in prose runs; do
     timeout 280 python3 benchmarks/gateway_overhead.py --isolate --text "$text" --itl 0.002 --rounds 3 \
         --out "$out/gateway-overhead-h200-host-$text-2ms.json" 2>&1 | tail -5
+    # four gateway processes on four cores each side (serve --workers 4)
+    timeout 280 python3 benchmarks/gateway_overhead.py --isolate --workers 4 --text "$text" --itl 0.002 --rounds 3 \
+        --out "$out/gateway-overhead-h200-host-$text-2ms-4-workers.json" 2>&1 | tail -5
   done
   exit 0
 fi

@@ -66,6 +66,8 @@ def serve(
     grace_period: Annotated[float, typer.Option("--grace-period", help="Seconds in-flight requests get at "
                                                 "shutdown.")] = DEFAULTS.grace_period,
     engine_log: Annotated[Optional[Path], typer.Option("--engine-log", help="Where the engine's output goes.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Gateway processes sharing the port (one engine): "
+                                         "for more streamed tokens a second than one core relays.")] = DEFAULTS.workers,
     json_output: JsonOpt = False,
 ) -> None:
     """Serve a model with vLLM or the embedded engine behind a guarded OpenAI-compatible gateway."""
@@ -83,7 +85,7 @@ def serve(
                          max_concurrency=max_concurrency, max_body_size=parse_size(max_body_size, "--max-body-size"),
                          request_timeout=request_timeout, served_model_name=served_model_name,
                          engine_options=options, vllm_bin=vllm_bin, engine_timeout=engine_timeout,
-                         grace_period=grace_period, engine_log=engine_log)
+                         grace_period=grace_period, engine_log=engine_log, workers=workers)
         run_serve(spec, out, on_ready=lambda doc: out.result(doc, render=lambda console: _render_ready(console, doc)))
 
 

@@ -212,6 +212,11 @@ class KeyRing:
     def names(self) -> list[str]:
         return [k.name for k in self._state[0].values()]
 
+    @property
+    def limited(self) -> bool:
+        """Whether any client has a per-minute limit."""
+        return any(k.requests_per_minute or k.tokens_per_minute for k in self._state[0].values())
+
     def identify(self, token: bytes) -> ClientKey | None:
         presented = digest(token)
         found = self._state[0].get(presented)

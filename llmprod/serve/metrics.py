@@ -1,14 +1,19 @@
 """Prometheus collectors of the gateway: latency and throughput as the client sees them.
 
-Each gateway owns a registry (tests build several in one process); `/metrics` renders it.
+Each gateway owns a registry (tests build several in one process); `/metrics` renders it. With several
+gateway processes (`serve --workers N`) every process writes its values to files in one directory
+(prometheus_client's multiprocess mode) and `/metrics`, whichever process answers it, sums them.
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from llmprod.serve.keys import charge_current
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Buckets in seconds: TTFT runs from a few ms (a hot GPU) to tens of seconds (a queue on a CPU);
 # inter-token latency from sub-ms to about a second.
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
@@ -19,9 +24,30 @@ E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.
 GUARD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+@contextmanager
+def shared_between_processes(directory: str):
+    """Within it, metrics made in this process live in files under `directory`, where the other gateway
+    processes' are too (prometheus_client's multiprocess mode: PROMETHEUS_MULTIPROC_DIR for the processes
+    started meanwhile, and the value class prometheus_client would have picked at import for this one)."""
+    from prometheus_client import values
+
+    before = os.environ.get(MULTIPROC_ENV), values.ValueClass
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.get_value_class()
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before[0]
+        values.ValueClass = before[1]
+
+
 @dataclass
 class GatewayMetrics:
     registry: object = field(init=False)
+    shared: str | None = None  # `serve --workers`' metrics directory; made within shared_between_processes(it)
 
     def __post_init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -30,7 +56,7 @@ class GatewayMetrics:
         self.requests = Counter("llmprod_requests", "Requests answered by the gateway, by route and HTTP status.",
                                 ["route", "status"], registry=registry)
         self.in_flight = Gauge("llmprod_requests_in_flight", "Requests being answered now (all /v1 routes).",
-                               registry=registry)
+                               registry=registry, multiprocess_mode="livesum")
         self.ttft = Histogram("llmprod_time_to_first_token_seconds",
                               "From the request's arrival at the gateway to the first generated text sent.",
                               ["route"], buckets=TTFT_BUCKETS, registry=registry)
@@ -52,7 +78,7 @@ class GatewayMetrics:
                                      "Generated tokens, from the upstream's usage; rate() of it is tokens/s.",
                                      ["route"], registry=registry)
         self.engine_up = Gauge("llmprod_engine_up", "1 while the upstream engine answers its health check.",
-                               registry=registry)
+                               registry=registry, multiprocess_mode="livemostrecent")
         self.engine_restarts = Counter("llmprod_engine_restarts", "Times the supervised engine was restarted.",
                                        registry=registry)
         self.guard_verdicts = Counter("llmprod_guardrail_verdicts",
@@ -85,9 +111,15 @@ class GatewayMetrics:
         return GuardMetrics(self)
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.shared is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=self.shared)
+        return generate_latest(every_process), CONTENT_TYPE_LATEST
 
 
 class GuardMetrics:

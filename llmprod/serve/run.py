@@ -8,6 +8,9 @@ get `grace` seconds to finish, and only then is the engine's process group stopp
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -20,22 +23,27 @@ from llmprod.output import Output
 from llmprod.serve.engines import (EngineCommand, EngineProcess, Supervisor, choose_engine, free_port,
                                    gpu_available, transformers_command, vllm_command)
 from llmprod.serve.gateway import Gateway, GatewayConfig
-from llmprod.serve.metrics import GatewayMetrics
+from llmprod.serve.metrics import GatewayMetrics, shared_between_processes
 from llmprod.serve.spec import ServeSpec
 from llmprod.serve.upstream import AiohttpUpstream, EngineState, Upstream, UpstreamError
 from llmprod.urls import server_root
 from llmprod.vllm import find_vllm, read_startup
 
 
-def check_port_free(host: str, port: int) -> None:
+def bind_port(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound now (so a port in use fails before the engine starts) and listening only
+    once the gateway serves; one socket for all of `--workers`' processes."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                             hint="pick another --port, or stop what is using it") from None
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                         hint="pick another --port, or stop what is using it") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def read_policy(spec: ServeSpec):
@@ -110,8 +118,30 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
     spec.validate()
     policy = read_policy(spec)
     upstream_url = server_root(spec.upstream, "--upstream") if spec.upstream else None
-    check_port_free(spec.host, spec.port)
-    metrics = GatewayMetrics()
+    keys = None
+    if spec.api_keys is not None:
+        from llmprod.serve.keys import KeyRing, load_keys
+
+        keys = KeyRing(load_keys(spec.api_keys))
+        if spec.workers > 1 and keys.limited:
+            raise InputError("--api-keys with per-minute limits needs --workers 1: each gateway process would "
+                             "keep its own buckets", hint="drop the limits from the file, or the --workers")
+    sock = bind_port(spec.host, spec.port)
+    shared = tempfile.mkdtemp(prefix="llmprod-metrics-") if spec.workers > 1 else None
+    try:
+        with shared_between_processes(shared) if shared else contextlib.nullcontext():
+            _run_serve(spec, out, on_ready, policy, upstream_url, keys, sock, shared)
+    finally:
+        sock.close()
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None], policy, upstream_url: str | None,
+               keys, sock: socket.socket, shared: str | None) -> None:
+    from llmprod.serve.worker import WorkerSettings, slots_per_process
+
+    metrics = GatewayMetrics(shared=shared)
     guard, guard_lines = build_guard(policy, metrics, out)
     if upstream_url:
         engine, models = None, None
@@ -124,22 +154,28 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
         engine = EngineProcess(command, log)
         state = EngineState(command.base_url, supervised=True)
         out.note(f"engine: {command.kind} ({command.reason}); log: {log}")
-    keys = None
-    if spec.api_keys is not None:
-        from llmprod.serve.keys import KeyRing, load_keys
-
-        keys = KeyRing(load_keys(spec.api_keys))
-    config = GatewayConfig(api_key=spec.api_key, keys=keys, max_concurrency=spec.max_concurrency,
+    config = GatewayConfig(api_key=spec.api_key, keys=keys,
+                           max_concurrency=slots_per_process(spec.max_concurrency, spec.workers),
                            max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
                            models=models)
     upstream = AiohttpUpstream(state.base_url, spec.request_timeout)
     gateway = Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream)
+    pool = None
+    if spec.workers > 1:
+        from llmprod.serve.worker import WorkerPool
+
+        pool = WorkerPool(WorkerSettings(spec, state.base_url, state.supervised, models, shared, 0), sock, out)
     signals = _Signals()
     if keys is not None:
-        signals.on_hangup = lambda: _reload_keys(spec.api_keys, keys, out)
+        def hangup() -> None:
+            reload_keys(spec.api_keys, keys, out)
+            for pid in pool.pids if pool else ():
+                os.kill(pid, signal.SIGHUP)
+
+        signals.on_hangup = hangup
     signals.install()
     try:
-        _run_loop(_serve(spec, out, gateway, engine, guard_lines, signals, on_ready))
+        run_loop(_serve(spec, out, gateway, engine, guard_lines, signals, on_ready, sock, pool))
     finally:
         signals.restore()
         if engine is not None:
@@ -147,7 +183,7 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
             out.info(f"engine stopped (pid {engine.pid})")
 
 
-def _reload_keys(path: Path, keys, out: Output) -> None:
+def reload_keys(path: Path, keys, out: Output) -> None:
     """SIGHUP: read --api-keys again; a file with an error leaves the keys in force as they were."""
     from llmprod.errors import LlmprodError
     from llmprod.serve.keys import load_keys
@@ -161,7 +197,7 @@ def _reload_keys(path: Path, keys, out: Output) -> None:
     out.info(f"SIGHUP: --api-keys reloaded: {len(fresh)} client(s)")
 
 
-def _run_loop(coro) -> None:
+def run_loop(coro) -> None:
     try:
         import uvloop
     except ImportError:
@@ -171,7 +207,8 @@ def _run_loop(coro) -> None:
 
 
 async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineProcess | None,
-                 guard_lines: list[str], signals: _Signals, on_ready: Callable[[dict], None]) -> None:
+                 guard_lines: list[str], signals: _Signals, on_ready: Callable[[dict], None], sock: socket.socket,
+                 pool=None) -> None:
     import uvicorn
 
     started = time.monotonic()
@@ -183,11 +220,14 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
             await engine.wait_ready(spec.engine_timeout, upstream)
         else:
             await _check_upstream(upstream, spec.api_key)
-        config = uvicorn.Config(gateway.app, host=spec.host, port=spec.port, log_level="warning", access_log=False,
+        if pool is not None:
+            out.info(f"starting {spec.workers - 1} more gateway process(es) on the same port ...")
+            await pool.start(spec.engine_timeout)
+        config = uvicorn.Config(gateway.app, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=spec.grace_period, lifespan="on", loop="none",
                                 server_header=False, date_header=False)
         server = uvicorn.Server(config)
-        serve_task = asyncio.ensure_future(server.serve())
+        serve_task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not serve_task.done():
             await asyncio.sleep(0.05)
         if serve_task.done():
@@ -197,14 +237,18 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
         supervisor = Supervisor(engine, state, spec.engine_timeout, on_event=out.warn,
                                 on_restart=gateway.metrics.engine_restarts.inc) if engine is not None else None
         supervising = asyncio.ensure_future(supervisor.run(upstream)) if supervisor is not None else None
-        on_ready(_ready_document(spec, gateway, engine, guard_lines, time.monotonic() - started))
+        on_ready(_ready_document(spec, gateway, engine, guard_lines, time.monotonic() - started, pool))
         await serve_task
+        if pool is not None:
+            await pool.stop(spec.grace_period)  # they drain as this one did, before the engine goes
         if supervisor is not None:
             supervisor.stopping = True
             supervising.cancel()
             await asyncio.gather(supervising, return_exceptions=True)
         out.info("gateway stopped: no longer accepting; in-flight requests finished or timed out")
     finally:
+        if pool is not None and not pool.stopping:
+            await pool.stop(0.0)
         await upstream.close()
 
 
@@ -222,7 +266,7 @@ async def _check_upstream(upstream: Upstream, api_key: str | None) -> None:
 
 
 def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | None, guard_lines: list[str],
-                    seconds: float) -> dict:
+                    seconds: float, pool=None) -> dict:
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
     url = f"http://{host}:{spec.port}"
     return {
@@ -239,6 +283,8 @@ def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | N
                  else "api key" if spec.api_key else "none"),
         "guardrails": guard_lines,
         "max_concurrency": spec.max_concurrency,
+        "workers": spec.workers,
+        "worker_pids": [os.getpid(), *(pool.pids if pool else ())],
         "startup_seconds": round(seconds, 2),
     }
 

@@ -42,6 +42,7 @@ class ServeSpec:
     engine_timeout: float = 900.0
     grace_period: float = 30.0
     engine_log: Path | None = None
+    workers: int = 1  # gateway processes sharing the port (worker.py); the engine stays one
 
     def validate(self) -> None:
         if self.upstream and self.model:
@@ -63,7 +64,8 @@ class ServeSpec:
                   (self.max_body_size >= 1024, "--max-body-size must be at least 1KiB"),
                   (self.request_timeout > 0, "--request-timeout must be positive"),
                   (self.engine_timeout > 0, "--engine-timeout must be positive"),
-                  (self.grace_period >= 0, "--grace-period must not be negative")]
+                  (self.grace_period >= 0, "--grace-period must not be negative"),
+                  (self.workers >= 1, "--workers must be at least 1")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message, hint="see `llmprod serve --help`")

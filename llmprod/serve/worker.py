@@ -1,0 +1,220 @@
+"""The gateway processes of `llmprod serve --workers N`: the listening socket shared, the engine not.
+
+One Python process streams about 20,000-30,000 tokens a second through the gateway before its core is full
+(more with output guardrails, which scan every token). `--workers N` runs N gateway processes on one port:
+`serve` itself is the first (it also starts and supervises the engine), and it starts N - 1 more of this
+module, each handed the listening socket and the settings as JSON. The kernel spreads connections between
+them. Each process builds its own guard (guard models load N times) and keeps its own concurrency slots
+(`--max-concurrency` divided between them); the metrics of all of them live in one directory and every
+`/metrics` sums them. A worker learns that the engine is down from its own requests failing, and that it is
+back from the engine's /health, as `serve` does between restarts.
+
+    python -m llmprod.serve.worker FD SETTINGS_JSON      (started by `serve`, not by hand)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmprod.serve.spec import EngineOptions, ServeSpec
+
+RECOVERY_POLL = 0.5  # seconds between a down engine's health checks
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs from `serve`: the spec, where the engine is, and the metrics directory."""
+
+    spec: ServeSpec
+    base_url: str
+    supervised: bool
+    models: dict[str, str] | None
+    metrics_dir: str
+    index: int
+
+    def to_json(self) -> str:
+        spec = asdict(self.spec)
+        spec["api_keys"] = str(self.spec.api_keys) if self.spec.api_keys else None
+        spec["engine_log"] = str(self.spec.engine_log) if self.spec.engine_log else None
+        return json.dumps({**asdict(self), "spec": spec})
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerSettings":
+        raw = json.loads(text)
+        spec = dict(raw["spec"])
+        options = dict(spec.pop("engine_options"))
+        options["extra_args"] = tuple(options.get("extra_args") or ())
+        spec["api_keys"] = Path(spec["api_keys"]) if spec["api_keys"] else None
+        spec["engine_log"] = Path(spec["engine_log"]) if spec["engine_log"] else None
+        return cls(**{**raw, "spec": ServeSpec(**spec, engine_options=EngineOptions(**options))})
+
+
+def slots_per_process(max_concurrency: int, workers: int) -> int:
+    """--max-concurrency shared out: each process's own limit, rounded up (at least one)."""
+    return max(1, math.ceil(max_concurrency / workers))
+
+
+def build_gateway(settings: WorkerSettings, out, keys=None):
+    """The same gateway `serve` runs, for one process of several: (gateway, what the guard enforces)."""
+    from llmprod.serve.gateway import Gateway, GatewayConfig
+    from llmprod.serve.metrics import GatewayMetrics
+    from llmprod.serve.run import build_guard, read_policy
+    from llmprod.serve.upstream import AiohttpUpstream, EngineState
+
+    spec = settings.spec
+    metrics = GatewayMetrics(shared=settings.metrics_dir)
+    guard, guard_lines = build_guard(read_policy(spec), metrics, out)
+    if keys is None and spec.api_keys is not None:
+        from llmprod.serve.keys import KeyRing, load_keys
+
+        keys = KeyRing(load_keys(spec.api_keys))
+    config = GatewayConfig(api_key=spec.api_key, keys=keys,
+                           max_concurrency=slots_per_process(spec.max_concurrency, spec.workers),
+                           max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
+                           models=settings.models)
+    state = EngineState(settings.base_url, supervised=settings.supervised)
+    upstream = AiohttpUpstream(settings.base_url, spec.request_timeout)
+    return Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream), guard_lines
+
+
+async def watch_recovery(gateway) -> None:
+    """A supervised engine marked down by a failed request is marked up again once it answers /health
+    (`serve`'s own Supervisor does this for the first process, and restarts the engine)."""
+    while True:
+        await asyncio.sleep(RECOVERY_POLL)
+        if not gateway.state.up and (await gateway.upstream.health(timeout=2.0)).ok:
+            gateway.state.mark_up()
+
+
+async def _serve(settings: WorkerSettings, sock: socket.socket, gateway) -> None:
+    import uvicorn
+
+    spec = settings.spec
+    config = uvicorn.Config(gateway.app, log_level="warning", access_log=False, lifespan="on", loop="none",
+                            timeout_graceful_shutdown=spec.grace_period, server_header=False, date_header=False)
+    server = uvicorn.Server(config)
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        print("ready", flush=True)  # to `serve`, on the pipe it reads; anything later goes to stderr
+        os.dup2(2, 1)
+    recovery = asyncio.ensure_future(watch_recovery(gateway)) if settings.supervised else None
+    try:
+        await serving
+    finally:
+        if recovery is not None:
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
+        await gateway.upstream.close()
+
+
+class WorkerPool:
+    """`serve`'s side: the N - 1 extra gateway processes, started once the engine answers, replaced if one
+    dies while serving, and stopped (SIGTERM: they drain like `serve`) before the engine is."""
+
+    def __init__(self, settings: WorkerSettings, sock: socket.socket, out) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.out = out
+        self.procs: dict[int, asyncio.subprocess.Process] = {}  # index → process
+        self.stopping = False
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for _, p in sorted(self.procs.items())]
+
+    async def start(self, timeout: float) -> None:
+        await asyncio.gather(*(self._spawn(i, timeout) for i in range(1, self.settings.spec.workers)))
+        self._watch = asyncio.ensure_future(self._replace_the_dead(timeout))
+
+    async def _spawn(self, index: int, timeout: float) -> None:
+        from dataclasses import replace
+
+        from llmprod.errors import OperationFailed
+
+        fd = self.sock.fileno()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmprod.serve.worker", str(fd), replace(self.settings, index=index).to_json(),
+            stdout=asyncio.subprocess.PIPE, pass_fds=(fd,))
+        self.procs[index] = proc
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            raise OperationFailed(f"gateway worker {index} did not start (its messages are above)",
+                                  hint="run with --workers 1 to see the error on its own")
+
+    async def _replace_the_dead(self, timeout: float) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        while not self.stopping and self.procs:
+            waits = {asyncio.ensure_future(p.wait()): i for i, p in self.procs.items()}
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if self.stopping:
+                return
+            for task in done:
+                index = waits[task]
+                dead = self.procs[index]
+                mark_process_dead(dead.pid, self.settings.metrics_dir)
+                self.out.warn(f"gateway worker {index} (pid {dead.pid}) exited with code {dead.returncode}; "
+                              "starting another")
+                try:
+                    await self._spawn(index, timeout)
+                except Exception as exc:  # noqa: BLE001 - the others keep serving; say why this one is gone
+                    self.out.warn(f"gateway worker {index} could not be restarted: {exc}")
+                    self.procs.pop(index, None)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM to each (they stop accepting and give in-flight requests `grace` seconds), then SIGKILL."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        self.stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), grace + 5.0)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+            mark_process_dead(proc.pid, self.settings.metrics_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmprod.output import Output
+    from llmprod.serve.run import reload_keys, run_loop
+
+    from llmprod.serve.metrics import shared_between_processes
+
+    fd, text = (argv if argv is not None else sys.argv[1:])[:2]
+    settings = WorkerSettings.from_json(text)
+    out = Output(json_mode=True)  # messages to stderr, which is `serve`'s
+    with shared_between_processes(settings.metrics_dir):
+        gateway, _ = build_gateway(settings, out)
+        if settings.spec.api_keys is not None and gateway.keys is not None:
+            signal.signal(signal.SIGHUP, lambda *_: reload_keys(settings.spec.api_keys, gateway.keys, out))
+        sock = socket.socket(fileno=int(fd))
+        run_loop(_serve(settings, sock, gateway))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
