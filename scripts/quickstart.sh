@@ -33,11 +33,11 @@ run llmprod estimate-memory "$WORK/tiny-gptq" --gpu L4 --context 2048 --batch 8
 run llmprod estimate-memory tests/data/model-configs/meta-llama__Llama-3.1-8B-Instruct.json \
     --weights w4a16 --gpu L4 --context 8192 --batch 8
 
-step "5. serve the GPTQ model behind the guarded gateway (embedded engine: no vLLM or GPU here)"
+step "5. serve the GPTQ model behind the guarded gateway (embedded engine: no vLLM or GPU here), two gateway processes"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export LLMPROD_API_KEY=quickstart-key
-printf '$ %s\n' "llmprod serve $WORK/tiny-gptq --guardrails default --port $PORT --json &" >&2
-llmprod serve "$WORK/tiny-gptq" --guardrails default --port "$PORT" --engine-log "$WORK/engine.log" --json \
+printf '$ %s\n' "llmprod serve $WORK/tiny-gptq --guardrails default --port $PORT --workers 2 --json &" >&2
+llmprod serve "$WORK/tiny-gptq" --guardrails default --port "$PORT" --workers 2 --engine-log "$WORK/engine.log" --json \
     > "$WORK/serve.json" 2> "$WORK/serve.log" &
 SERVE=$!
 trap 'kill "$SERVE" 2>/dev/null || true' EXIT
@@ -59,7 +59,7 @@ run llmprod bench "http://127.0.0.1:$PORT" --model "$WORK/tiny-gptq" --concurren
 run llmprod bench "http://127.0.0.1:$PORT" --model "$WORK/tiny-gptq" --rate 2,4 --requests 12 \
     --input-tokens 64 --output-tokens 32 --report "$WORK/bench.html"
 
-step "8. the gateway's Prometheus metrics (TTFT, tokens, guardrail verdicts)"
+step "8. the gateway's Prometheus metrics (TTFT, tokens, guardrail verdicts), summed over both processes"
 printf '$ %s\n' "curl http://127.0.0.1:$PORT/metrics" >&2
 python3 - "$PORT" <<'PY'
 import sys, urllib.request

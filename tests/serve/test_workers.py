@@ -149,3 +149,27 @@ def test_bad_workers_are_exit_2(cli, tmp_path, args, words):
     result = cli("serve", "./m", "--port", str(free_port()), *args)
     assert result.exit_code == 2, result.stdout + result.stderr
     assert words in " ".join(result.stderr.split()) and result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.timeout(120)
+def test_sighup_reloads_the_keys_in_every_process(serve_process, fake_engine, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("old-key-0123456789\n")
+    proc, ready = serve_process("--upstream", fake_engine.url + "/v1", "--port", str(free_port()), "--workers", "2",
+                                "--api-keys", str(keys))
+
+    def statuses_with(key: str) -> set[int]:  # twenty requests on new connections: both processes answer some
+        return {httpx.get(f"{ready['url']}/models", headers={"Authorization": f"Bearer {key}"}).status_code
+                for _ in range(20)}
+
+    try:
+        assert statuses_with("old-key-0123456789") == {200}
+        keys.write_text("new-key-0123456789\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: statuses_with("new-key-0123456789") == {200}, timeout=20)
+        assert statuses_with("old-key-0123456789") == {401}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
