@@ -22,10 +22,10 @@ from llmprod.errors import InputError
 from llmprod.output import Output
 from llmprod.serve.engines import (EngineCommand, EngineProcess, Supervisor, choose_engine, free_port,
                                    gpu_available, transformers_command, vllm_command)
-from llmprod.serve.gateway import Gateway, GatewayConfig
+from llmprod.serve.gateway import Gateway
 from llmprod.serve.metrics import GatewayMetrics, shared_between_processes
 from llmprod.serve.spec import ServeSpec
-from llmprod.serve.upstream import AiohttpUpstream, EngineState, Upstream, UpstreamError
+from llmprod.serve.upstream import Upstream, UpstreamError
 from llmprod.urls import server_root
 from llmprod.vllm import find_vllm, read_startup
 
@@ -139,32 +139,21 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
 
 def _run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None], policy, upstream_url: str | None,
                keys, sock: socket.socket, shared: str | None) -> None:
-    from llmprod.serve.worker import WorkerSettings, slots_per_process
+    from llmprod.serve.worker import WorkerPool, WorkerSettings, build_gateway
 
-    metrics = GatewayMetrics(shared=shared)
-    guard, guard_lines = build_guard(policy, metrics, out)
     if upstream_url:
-        engine, models = None, None
-        state = EngineState(upstream_url, supervised=False)
+        engine = None
+        settings = WorkerSettings(spec, upstream_url, False, None, shared, 0)
     else:
         served_name = spec.served_model_name or spec.model
         command = plan_engine(spec, served_name)
         models = {served_name: command.model_id}
         log = spec.engine_log or Path(tempfile.gettempdir()) / "llmprod" / f"engine-{command.port}.log"
         engine = EngineProcess(command, log)
-        state = EngineState(command.base_url, supervised=True)
+        settings = WorkerSettings(spec, command.base_url, True, models, shared, 0)
         out.note(f"engine: {command.kind} ({command.reason}); log: {log}")
-    config = GatewayConfig(api_key=spec.api_key, keys=keys,
-                           max_concurrency=slots_per_process(spec.max_concurrency, spec.workers),
-                           max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
-                           models=models)
-    upstream = AiohttpUpstream(state.base_url, spec.request_timeout)
-    gateway = Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream)
-    pool = None
-    if spec.workers > 1:
-        from llmprod.serve.worker import WorkerPool
-
-        pool = WorkerPool(WorkerSettings(spec, state.base_url, state.supervised, models, shared, 0), sock, out)
+    gateway, guard_lines = build_gateway(settings, out, policy, keys)
+    pool = WorkerPool(settings, sock, out) if spec.workers > 1 else None
     signals = _Signals()
     if keys is not None:
         def hangup() -> None:

@@ -37,7 +37,7 @@ class WorkerSettings:
     base_url: str
     supervised: bool
     models: dict[str, str] | None
-    metrics_dir: str
+    metrics_dir: str | None  # None: one process, metrics of its own
     index: int
 
     def to_json(self) -> str:
@@ -62,16 +62,17 @@ def slots_per_process(max_concurrency: int, workers: int) -> int:
     return max(1, math.ceil(max_concurrency / workers))
 
 
-def build_gateway(settings: WorkerSettings, out, keys=None):
-    """The same gateway `serve` runs, for one process of several: (gateway, what the guard enforces)."""
+def build_gateway(settings: WorkerSettings, out, policy, keys=None):
+    """The gateway of one process, `serve`'s or a worker's: (gateway, what the guard enforces). `policy`:
+    read_policy's; `keys`: the KeyRing already loaded, else --api-keys is read here."""
     from llmprod.serve.gateway import Gateway, GatewayConfig
     from llmprod.serve.metrics import GatewayMetrics
-    from llmprod.serve.run import build_guard, read_policy
+    from llmprod.serve.run import build_guard
     from llmprod.serve.upstream import AiohttpUpstream, EngineState
 
     spec = settings.spec
     metrics = GatewayMetrics(shared=settings.metrics_dir)
-    guard, guard_lines = build_guard(read_policy(spec), metrics, out)
+    guard, guard_lines = build_guard(policy, metrics, out)
     if keys is None and spec.api_keys is not None:
         from llmprod.serve.keys import KeyRing, load_keys
 
@@ -199,7 +200,7 @@ class WorkerPool:
 
 def main(argv: list[str] | None = None) -> int:
     from llmprod.output import Output
-    from llmprod.serve.run import reload_keys, run_loop
+    from llmprod.serve.run import read_policy, reload_keys, run_loop
 
     from llmprod.serve.metrics import shared_between_processes
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = WorkerSettings.from_json(text)
     out = Output(json_mode=True)  # messages to stderr, which is `serve`'s
     with shared_between_processes(settings.metrics_dir):
-        gateway, _ = build_gateway(settings, out)
+        gateway, _ = build_gateway(settings, out, read_policy(settings.spec))
         if settings.spec.api_keys is not None and gateway.keys is not None:
             signal.signal(signal.SIGHUP, lambda *_: reload_keys(settings.spec.api_keys, gateway.keys, out))
         sock = socket.socket(fileno=int(fd))
