@@ -202,6 +202,7 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
 
     started = time.monotonic()
     upstream, state = gateway.upstream, gateway.state
+    stopping = None
     try:
         if engine is not None:
             out.info(f"starting the {engine.command.kind} engine on 127.0.0.1:{engine.command.port} ...")
@@ -227,8 +228,12 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
                                 on_restart=gateway.metrics.engine_restarts.inc) if engine is not None else None
         supervising = asyncio.ensure_future(supervisor.run(upstream)) if supervisor is not None else None
         on_ready(_ready_document(spec, gateway, engine, guard_lines, time.monotonic() - started, pool))
+        if pool is not None:
+            stopping = asyncio.ensure_future(_stop_with(server, pool))
         await serve_task
         if pool is not None:
+            if server.should_exit:
+                await stopping  # the workers were signalled as this process began to stop
             await pool.stop(spec.grace_period)  # they drain as this one did, before the engine goes
         if supervisor is not None:
             supervisor.stopping = True
@@ -236,9 +241,20 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
             await asyncio.gather(supervising, return_exceptions=True)
         out.info("gateway stopped: no longer accepting; in-flight requests finished or timed out")
     finally:
-        if pool is not None and not pool.stopping:
-            await pool.stop(0.0)
+        if pool is not None:
+            if stopping is not None and not stopping.done():
+                stopping.cancel()
+            if not pool.stopping:
+                await pool.stop(0.0)
         await upstream.close()
+
+
+async def _stop_with(server, pool) -> None:
+    """The moment this process begins to stop (uvicorn got SIGINT or SIGTERM), the workers are told to: none
+    of them keeps taking connections on the shared socket while the others drain."""
+    while not server.should_exit:
+        await asyncio.sleep(0.05)
+    await pool.terminate()
 
 
 async def _check_upstream(upstream: Upstream, api_key: str | None) -> None:

@@ -178,10 +178,11 @@ class WorkerPool:
                     self.out.warn(f"gateway worker {index} could not be restarted: {exc}")
                     self.procs.pop(index, None)
 
-    async def stop(self, grace: float) -> None:
-        """SIGTERM to each (they stop accepting and give in-flight requests `grace` seconds), then SIGKILL."""
-        from prometheus_client.multiprocess import mark_process_dead
-
+    async def terminate(self) -> None:
+        """SIGTERM to each, at once: they stop accepting and drain as `serve` does (called when `serve` begins to
+        stop, so no process keeps accepting on the shared socket while another drains)."""
+        if self.stopping:
+            return
         self.stopping = True
         if self._watch is not None:
             self._watch.cancel()
@@ -189,7 +190,15 @@ class WorkerPool:
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
+
+    async def stop(self, grace: float) -> None:
+        """terminate(), then wait for each to finish its in-flight requests (`grace` seconds), then SIGKILL."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        await self.terminate()
         for proc in self.procs.values():
+            if proc.returncode is None:  # again, in case terminate() was cut short: a second SIGTERM is harmless
+                proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), grace + 5.0)
             except asyncio.TimeoutError:

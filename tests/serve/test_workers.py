@@ -173,3 +173,26 @@ def test_sighup_reloads_the_keys_in_every_process(serve_process, fake_engine, tm
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_lets_every_process_finish_its_streams(serve_process, fake_engine):
+    proc, ready = serve_process("--upstream", fake_engine.url + "/v1", "--port", str(free_port()), "--workers", "3")
+    body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "slow:1.5"}]}
+
+    def stream() -> list[str]:
+        with httpx.stream("POST", f"{ready['url']}/chat/completions", json=body, timeout=30) as response:
+            return [line for line in response.iter_lines() if line.startswith("data:")]
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            streams = [pool.submit(stream) for _ in range(12)]  # twelve connections: every process has some
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            finished = [s.result() for s in streams]
+        assert all(lines and lines[-1] == "data: [DONE]" for lines in finished)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: not any(alive(pid) for pid in ready["worker_pids"]), timeout=20)
