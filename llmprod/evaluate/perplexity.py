@@ -225,18 +225,16 @@ def compute_perplexity(
     ids: Sequence[int],
     plan: WindowPlan,
     *,
-    batch_size: int | None = 1,
+    batch_size: int = 1,
     on_progress: ProgressFn | None = None,
     chunk_tokens: int | None = None,
 ) -> tuple[float, float]:
-    """(total NLL in nats, seconds) over the plan's windows; batch_size None: auto_batch_size."""
+    """(total NLL in nats, seconds) over the plan's windows."""
     import torch
 
     device = next(model.parameters()).device
     all_ids = torch.tensor(ids, dtype=torch.long)
     seq_len = plan.windows[0].end - plan.windows[0].begin
-    if batch_size is None:
-        batch_size = auto_batch_size(model, seq_len, len(plan.windows))
     positions = torch.arange(1, seq_len)
     total = 0.0
     started = time.perf_counter()

@@ -92,13 +92,15 @@ def make_app(tokens: int = 8, itl: float = 0.0, model: str = "fake", words: bool
         if not body.get("stream"):
             content = "".join(pieces)
             prompt = body.get("prompt")
-            wanted = (len(prompt) if isinstance(prompt, list) else 0) + int(body.get("max_tokens") or 16)
-            if max_model_len is not None and wanted > max_model_len:  # vLLM 0.26.0's check and message
-                return JSONResponse({"error": {
-                    "message": f"This model's maximum context length is {max_model_len} tokens. However, you "
-                               f"requested {body.get('max_tokens')} output tokens and your prompt contains at "
-                               f"least {len(prompt)} input tokens, for a total of at least {wanted} tokens.",
-                    "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
+            if max_model_len is not None:  # vLLM 0.26.0's check and message
+                ids = len(prompt) if isinstance(prompt, list) else 0
+                wanted = ids + int(body.get("max_tokens") or 16)
+                if wanted > max_model_len:
+                    return JSONResponse({"error": {
+                        "message": f"This model's maximum context length is {max_model_len} tokens. However, you "
+                                   f"requested {body.get('max_tokens')} output tokens and your prompt contains at "
+                                   f"least {ids} input tokens, for a total of at least {wanted} tokens.",
+                        "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
             if (not chat and body.get("prompt_logprobs") is not None and scorer is not None and isinstance(prompt, list)
                     and all(isinstance(t, int) for t in prompt)):
                 stats["completed"] += 1
