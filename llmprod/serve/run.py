@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import os
 import shutil
 import signal
 import socket
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,10 +25,10 @@ from llmprod.errors import InputError
 from llmprod.output import Output
 from llmprod.serve.engines import (EngineCommand, EngineProcess, Supervisor, choose_engine, free_port,
                                    gpu_available, transformers_command, vllm_command)
-from llmprod.serve.gateway import Gateway
+from llmprod.serve.gateway import Gateway, GatewayConfig
 from llmprod.serve.metrics import GatewayMetrics, shared_between_processes
-from llmprod.serve.spec import ServeSpec
-from llmprod.serve.upstream import Upstream, UpstreamError
+from llmprod.serve.spec import EngineOptions, ServeSpec
+from llmprod.serve.upstream import AiohttpUpstream, EngineState, Upstream, UpstreamError
 from llmprod.urls import server_root
 from llmprod.vllm import find_vllm, read_startup
 
@@ -66,6 +69,59 @@ def build_guard(policy, metrics: GatewayMetrics, out: Output):
         out.info(f"guardrails: loading and trying {', '.join(models)} ...")
     guard = PolicyGuard(policy, observer=metrics.guard_observer())
     return guard, guard.describe()
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What one gateway process needs, `serve`'s or a worker's (sent to it as JSON): the spec, where the engine
+    is, and the directory of the processes' metrics."""
+
+    spec: ServeSpec
+    base_url: str
+    supervised: bool
+    models: dict[str, str] | None
+    metrics_dir: str | None  # None: one process, metrics of its own
+    index: int
+
+    def to_json(self) -> str:
+        spec = asdict(self.spec)
+        spec["api_keys"] = str(self.spec.api_keys) if self.spec.api_keys else None
+        spec["engine_log"] = str(self.spec.engine_log) if self.spec.engine_log else None
+        return json.dumps({**asdict(self), "spec": spec})
+
+    @classmethod
+    def from_json(cls, text: str) -> "GatewaySettings":
+        raw = json.loads(text)
+        spec = dict(raw["spec"])
+        options = dict(spec.pop("engine_options"))
+        options["extra_args"] = tuple(options.get("extra_args") or ())
+        spec["api_keys"] = Path(spec["api_keys"]) if spec["api_keys"] else None
+        spec["engine_log"] = Path(spec["engine_log"]) if spec["engine_log"] else None
+        return cls(**{**raw, "spec": ServeSpec(**spec, engine_options=EngineOptions(**options))})
+
+
+def slots_per_process(max_concurrency: int, workers: int) -> int:
+    """--max-concurrency shared out: each process's own limit, rounded up (at least one)."""
+    return max(1, math.ceil(max_concurrency / workers))
+
+
+def build_gateway(settings: GatewaySettings, out, policy, keys=None):
+    """The gateway of one process, `serve`'s or a worker's: (gateway, what the guard enforces). `policy`:
+    read_policy's; `keys`: the KeyRing already loaded, else --api-keys is read here."""
+    spec = settings.spec
+    metrics = GatewayMetrics(shared=settings.metrics_dir)
+    guard, guard_lines = build_guard(policy, metrics, out)
+    if keys is None and spec.api_keys is not None:
+        from llmprod.serve.keys import KeyRing, load_keys
+
+        keys = KeyRing(load_keys(spec.api_keys))
+    config = GatewayConfig(api_key=spec.api_key, keys=keys,
+                           max_concurrency=slots_per_process(spec.max_concurrency, spec.workers),
+                           max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
+                           models=settings.models)
+    state = EngineState(settings.base_url, supervised=settings.supervised)
+    upstream = AiohttpUpstream(settings.base_url, spec.request_timeout)
+    return Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream), guard_lines
 
 
 def plan_engine(spec: ServeSpec, served_name: str) -> EngineCommand:
@@ -139,18 +195,18 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
 
 def _run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None], policy, upstream_url: str | None,
                keys, sock: socket.socket, shared: str | None) -> None:
-    from llmprod.serve.worker import WorkerPool, WorkerSettings, build_gateway
+    from llmprod.serve.worker import WorkerPool
 
     if upstream_url:
         engine = None
-        settings = WorkerSettings(spec, upstream_url, False, None, shared, 0)
+        settings = GatewaySettings(spec, upstream_url, False, None, shared, 0)
     else:
         served_name = spec.served_model_name or spec.model
         command = plan_engine(spec, served_name)
         models = {served_name: command.model_id}
         log = spec.engine_log or Path(tempfile.gettempdir()) / "llmprod" / f"engine-{command.port}.log"
         engine = EngineProcess(command, log)
-        settings = WorkerSettings(spec, command.base_url, True, models, shared, 0)
+        settings = GatewaySettings(spec, command.base_url, True, models, shared, 0)
         out.note(f"engine: {command.kind} ({command.reason}); log: {log}")
     gateway, guard_lines = build_gateway(settings, out, policy, keys)
     pool = WorkerPool(settings, sock, out) if spec.workers > 1 else None

@@ -15,75 +15,16 @@ back from the engine's /health, as `serve` does between restarts.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import os
 import signal
 import socket
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from llmprod.serve.spec import EngineOptions, ServeSpec
+from llmprod.output import Output
+from llmprod.serve.metrics import shared_between_processes
+from llmprod.serve.run import GatewaySettings, build_gateway, read_policy, reload_keys, run_loop
 
 RECOVERY_POLL = 0.5  # seconds between a down engine's health checks
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What a worker needs from `serve`: the spec, where the engine is, and the metrics directory."""
-
-    spec: ServeSpec
-    base_url: str
-    supervised: bool
-    models: dict[str, str] | None
-    metrics_dir: str | None  # None: one process, metrics of its own
-    index: int
-
-    def to_json(self) -> str:
-        spec = asdict(self.spec)
-        spec["api_keys"] = str(self.spec.api_keys) if self.spec.api_keys else None
-        spec["engine_log"] = str(self.spec.engine_log) if self.spec.engine_log else None
-        return json.dumps({**asdict(self), "spec": spec})
-
-    @classmethod
-    def from_json(cls, text: str) -> "WorkerSettings":
-        raw = json.loads(text)
-        spec = dict(raw["spec"])
-        options = dict(spec.pop("engine_options"))
-        options["extra_args"] = tuple(options.get("extra_args") or ())
-        spec["api_keys"] = Path(spec["api_keys"]) if spec["api_keys"] else None
-        spec["engine_log"] = Path(spec["engine_log"]) if spec["engine_log"] else None
-        return cls(**{**raw, "spec": ServeSpec(**spec, engine_options=EngineOptions(**options))})
-
-
-def slots_per_process(max_concurrency: int, workers: int) -> int:
-    """--max-concurrency shared out: each process's own limit, rounded up (at least one)."""
-    return max(1, math.ceil(max_concurrency / workers))
-
-
-def build_gateway(settings: WorkerSettings, out, policy, keys=None):
-    """The gateway of one process, `serve`'s or a worker's: (gateway, what the guard enforces). `policy`:
-    read_policy's; `keys`: the KeyRing already loaded, else --api-keys is read here."""
-    from llmprod.serve.gateway import Gateway, GatewayConfig
-    from llmprod.serve.metrics import GatewayMetrics
-    from llmprod.serve.run import build_guard
-    from llmprod.serve.upstream import AiohttpUpstream, EngineState
-
-    spec = settings.spec
-    metrics = GatewayMetrics(shared=settings.metrics_dir)
-    guard, guard_lines = build_guard(policy, metrics, out)
-    if keys is None and spec.api_keys is not None:
-        from llmprod.serve.keys import KeyRing, load_keys
-
-        keys = KeyRing(load_keys(spec.api_keys))
-    config = GatewayConfig(api_key=spec.api_key, keys=keys,
-                           max_concurrency=slots_per_process(spec.max_concurrency, spec.workers),
-                           max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
-                           models=settings.models)
-    state = EngineState(settings.base_url, supervised=settings.supervised)
-    upstream = AiohttpUpstream(settings.base_url, spec.request_timeout)
-    return Gateway(state, config, guard=guard, metrics=metrics, upstream=upstream), guard_lines
 
 
 async def watch_recovery(gateway) -> None:
@@ -95,7 +36,7 @@ async def watch_recovery(gateway) -> None:
             gateway.state.mark_up()
 
 
-async def _serve(settings: WorkerSettings, sock: socket.socket, gateway) -> None:
+async def _serve(settings: GatewaySettings, sock: socket.socket, gateway) -> None:
     import uvicorn
 
     spec = settings.spec
@@ -122,7 +63,7 @@ class WorkerPool:
     """`serve`'s side: the N - 1 extra gateway processes, started once the engine answers, replaced if one
     dies while serving, and stopped (SIGTERM: they drain like `serve`) before the engine is."""
 
-    def __init__(self, settings: WorkerSettings, sock: socket.socket, out) -> None:
+    def __init__(self, settings: GatewaySettings, sock: socket.socket, out) -> None:
         self.settings = settings
         self.sock = sock
         self.out = out
@@ -208,13 +149,8 @@ class WorkerPool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llmprod.output import Output
-    from llmprod.serve.run import read_policy, reload_keys, run_loop
-
-    from llmprod.serve.metrics import shared_between_processes
-
     fd, text = (argv if argv is not None else sys.argv[1:])[:2]
-    settings = WorkerSettings.from_json(text)
+    settings = GatewaySettings.from_json(text)
     out = Output(json_mode=True)  # messages to stderr, which is `serve`'s
     with shared_between_processes(settings.metrics_dir):
         gateway, _ = build_gateway(settings, out, read_policy(settings.spec))

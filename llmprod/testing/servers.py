@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from llmprod.serve.engines import free_port
 
-__all__ = ["ThreadServer", "free_port", "wait_ready", "wait_until"]
+__all__ = ["ThreadServer", "free_port", "running", "wait_ready", "wait_until"]
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (Linux /proc; its name may hold spaces and parentheses)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def wait_until(condition, timeout: float = 20.0, every: float = 0.05) -> None:

@@ -22,7 +22,7 @@ from llmprod.serve.engines import (
 )
 from llmprod.serve.spec import EngineOptions
 from llmprod.serve.upstream import AiohttpUpstream, EngineState
-from llmprod.testing.servers import free_port
+from llmprod.testing.servers import free_port, running
 
 
 def test_engine_choice_says_why():
@@ -145,7 +145,7 @@ def test_a_leader_that_dies_alone_takes_its_group_with_it_before_the_restart(tmp
     try:
         assert engine.pid != leader
         assert not group_alive(leader)  # the orphan went with its group
-        assert not os.path.exists(f"/proc/{orphan}") or open(f"/proc/{orphan}/stat").read().split()[2] == "Z"
+        assert not running(orphan)
     finally:
         engine.stop(grace=5)
 

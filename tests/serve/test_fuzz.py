@@ -5,7 +5,6 @@ scanner finds planted PII and secrets whatever Unicode surrounds or disguises th
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 
 import httpx

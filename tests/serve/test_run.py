@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from llmprod.testing.servers import free_port, wait_until
+from llmprod.testing.servers import free_port, running, wait_until
 
 VLLM_LOGS = Path(__file__).resolve().parents[1] / "data" / "vllm-0.26.0"
 VLLM_LOG = VLLM_LOGS / "llama-3.1-8b-bf16.log"
@@ -111,8 +111,7 @@ def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fa
     assert "engine stopped" in stderr
     assert proc.stdout.read() == ""  # exactly one JSON document on stdout
     for pid in (engine_pid, child_pid):
-        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists() or
-                   Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", timeout=10)
+        wait_until(lambda pid=pid: not running(pid), timeout=10)
 
 
 @pytest.mark.slow
@@ -143,5 +142,4 @@ def test_transformers_serve_engine_with_the_official_client(serve_process, tiny_
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not Path(f"/proc/{ready['engine_pid']}").exists() or \
-        Path(f"/proc/{ready['engine_pid']}/stat").read_text().split()[2] == "Z"
+    assert not running(ready["engine_pid"])

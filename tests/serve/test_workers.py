@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from llmprod.serve.engines import free_port
-from llmprod.serve.worker import slots_per_process
-from llmprod.testing.servers import wait_until
+from llmprod.serve.run import slots_per_process
+from llmprod.testing.servers import running, wait_until
 
 TOTAL = re.compile(r'^llmprod_requests_total\{route="chat",status="(\d+)"\} ([\d.]+)$', re.M)
 
@@ -24,13 +24,6 @@ TOTAL = re.compile(r'^llmprod_requests_total\{route="chat",status="(\d+)"\} ([\d
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def statuses(metrics_url: str) -> dict[str, float]:
@@ -54,7 +47,7 @@ def test_workers_share_the_port_the_load_and_the_metrics_and_stop_together(serve
     proc, ready = serve_process("--upstream", fake_engine.url + "/v1", "--port", str(free_port()), "--workers", "3")
     try:
         pids = ready["worker_pids"]
-        assert ready["workers"] == 3 and len(pids) == 3 and pids[0] == proc.pid and all(map(alive, pids))
+        assert ready["workers"] == 3 and len(pids) == 3 and pids[0] == proc.pid and all(map(running, pids))
         before = {pid: cpu_ticks(pid) for pid in pids}
         with ThreadPoolExecutor(24) as pool:
             answers = list(pool.map(lambda _: stream_once(ready["url"]), range(96)))
@@ -70,7 +63,7 @@ def test_workers_share_the_port_the_load_and_the_metrics_and_stop_together(serve
     finally:
         if proc.poll() is None:
             proc.kill()
-    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=20)
+    wait_until(lambda: not any(running(pid) for pid in pids), timeout=20)
     assert proc.stdout.read() == ""  # one JSON document on stdout, the workers' output on stderr
     assert not list(Path("/tmp").glob(f"llmprod-metrics-*/counter_{pids[1]}.db"))  # the directory is gone
 
@@ -89,7 +82,7 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(serve_proces
 
         def restarted() -> bool:
             workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != victim
-                       and alive(int(p.name)) and b"llmprod.serve.worker" in (p / "cmdline").read_bytes()]
+                       and running(int(p.name)) and b"llmprod.serve.worker" in (p / "cmdline").read_bytes()]
             replaced[:] = [int(p.name) for p in workers]
             return bool(workers)
 
@@ -100,7 +93,7 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(serve_proces
         if proc.poll() is None:
             proc.kill()
     assert f"gateway worker 1 (pid {victim}) exited with code -9; starting another" in proc.stderr.read()
-    wait_until(lambda: not any(alive(pid) for pid in replaced), timeout=20)
+    wait_until(lambda: not any(running(pid) for pid in replaced), timeout=20)
 
 
 @pytest.mark.timeout(180)
@@ -195,4 +188,4 @@ def test_sigterm_lets_every_process_finish_its_streams(serve_process, fake_engin
     finally:
         if proc.poll() is None:
             proc.kill()
-    wait_until(lambda: not any(alive(pid) for pid in ready["worker_pids"]), timeout=20)
+    wait_until(lambda: not any(running(pid) for pid in ready["worker_pids"]), timeout=20)
