@@ -1,4 +1,5 @@
-# Sourced by the H200 batch scripts (formats.sh, remaining.sh) once they have set R (results) and W (work).
+# Sourced by the H200 batch scripts (formats.sh, remaining.sh, perplexity.sh) once they have set R (results) and
+# W (work): it makes both directories and logs the machine first.
 # NVLink multicast stays off on the lent multi-GPU machines (KINDS.md).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -51,3 +52,6 @@ serve_bench() {  # serve_bench LABEL MODEL GPUS PORT [serve flags]: `llmprod ser
   wait $serve
   log "stopped $label: exit $?"
 }
+
+mkdir -p "$R" "$W"
+log "machine: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tr '\n' ';') cores $(nproc)"

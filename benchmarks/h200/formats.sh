@@ -18,12 +18,9 @@
 # 5. bf16 at tensor parallel 2 (NVLink multicast off), then supervision with kills (benchmarks/supervision.py).
 set -uo pipefail
 R=${1:?usage: formats.sh RESULTS_DIR}
-mkdir -p "$R"
 W=/tmp/fm
-mkdir -p "$W"
 . benchmarks/h200/common.sh
 
-log "machine: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tr '\n' ';') cores $(nproc)"
 df -h /tmp | tail -1 >> "$R/progress.log"
 install_wheels
 

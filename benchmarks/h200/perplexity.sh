@@ -14,12 +14,9 @@
 #  C. The gateway's cost with the default policy on the host's CPU, a core each (#16; gateway.sh host).
 set -uo pipefail
 R=${1:?usage: perplexity.sh RESULTS_DIR}
-mkdir -p "$R"
 W=/tmp/pp
-mkdir -p "$W"
 . benchmarks/h200/common.sh
 
-log "machine: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tr '\n' ';') cores $(nproc)"
 PYTHONPATH=$PWD python3 -c "
 from llmprod.tinymodel import build_shaped_model, corpus_split
 build_shaped_model('tests/data/model-configs/meta-llama__Llama-3.1-8B-Instruct.json', '$W/l8b')

@@ -22,12 +22,9 @@
 #     tensor-parallel row of estimate-memory's comparison (#20, #22).
 set -uo pipefail
 R=${1:?usage: remaining.sh RESULTS_DIR}
-mkdir -p "$R"
 W=/tmp/rm
-mkdir -p "$W"
 . benchmarks/h200/common.sh
 
-log "machine: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tr '\n' ';') cores $(nproc)"
 install_wheels
 PYTHONPATH=$QP python3 -c "
 from llmprod.tinymodel import build_shaped_model, corpus_split
