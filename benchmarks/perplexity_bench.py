@@ -8,7 +8,10 @@ median of --repeats. The built model has a Llama-3-sized vocabulary (128,256 row
 takes a real shape (the H200 runs use Llama-3.2-1B and Llama-3.1-8B shapes with random weights).
 
 --variants adds runs beside the two: `llmprod-bN` (a fixed batch of N windows) and `llmprod-eager`
-(eager attention instead of SDPA), to show where the defaults come from.
+(eager attention instead of SDPA) and `llmprod-compile` (the decoder through torch.compile; its compile
+time is the run's warmup_seconds), to show where the defaults come from. Each run reports the model
+TFLOPS it reached (matmul and attention FLOPs of the tokens scored, over the timed seconds): against the
+GPU's dense peak, that is how much room a faster loop could still find.
 
     python benchmarks/perplexity_bench.py --out benchmarks/results/perplexity-cpu.json
 """
@@ -35,6 +38,14 @@ seq_len = int(seq_len)
 dtype = getattr(torch, dtype)
 attn = "eager" if variant.endswith("-eager") else "sdpa"
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).to(device).eval()
+# Model FLOPs per token: 2 per weight of every matmul (the output head included), plus causal attention's
+# scores and weighted sum, 2 * seq_len * (heads * head_dim) a layer averaged over the positions.
+cfg = model.config
+head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+flops_per_token = (2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+                   + 2 * seq_len * cfg.num_attention_heads * head_dim * cfg.num_hidden_layers)
+if variant.endswith("-compile"):
+    model.model = torch.compile(model.model)  # the decoder; the head and the loss stay as they are
 ids, _ = tokenize_once(AutoTokenizer.from_pretrained(model_dir), open(text_file).read())
 ids = ids[: int(max_tokens)]
 plan = plan_windows(len(ids), seq_len)
@@ -51,7 +62,11 @@ else:
     def score(ids, plan):
         return reference_perplexity(model, ids, seq_len, batch_size=batch)
 # One untimed pass first (kernel loading, cuBLAS heuristics, the allocator's pools), as a long gate amortises.
+warm = time.perf_counter()
 score(ids[: batch * seq_len], plan_windows(batch * seq_len, seq_len))
+if device == "cuda":
+    torch.cuda.synchronize()
+warmup_seconds = time.perf_counter() - warm
 if device == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); gpu_base = torch.cuda.memory_allocated()
 t = time.perf_counter()
@@ -61,7 +76,8 @@ if device == "cuda":
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"perplexity": ppl, "batch_size": batch, "dtype": str(dtype), "tokens": len(plan.windows) * seq_len, "seconds": seconds,
-                  "tokens_per_s": len(plan.windows) * seq_len / seconds,
+                  "tokens_per_s": len(plan.windows) * seq_len / seconds, "warmup_seconds": warmup_seconds,
+                  "model_tflops": flops_per_token * len(plan.windows) * seq_len / seconds / 1e12,
                   "scoring_rss_bytes": peak - after_load,
                   "peak_gpu_bytes": (torch.cuda.max_memory_allocated() - gpu_base) if device == "cuda" else None}))
 '''
@@ -99,6 +115,8 @@ def main() -> None:
     for variant, rs in runs.items():
         summary[variant] = {
             "tokens_per_s": median([r["tokens_per_s"] for r in rs]),
+            "model_tflops": median([r["model_tflops"] for r in rs]),
+            "warmup_seconds": median([r["warmup_seconds"] for r in rs]),
             "scoring_rss_bytes": median([r["scoring_rss_bytes"] for r in rs]),
             "peak_gpu_bytes": median([r["peak_gpu_bytes"] for r in rs]) if rs[0]["peak_gpu_bytes"] else None,
             "perplexity": rs[0]["perplexity"],
@@ -115,6 +133,7 @@ def main() -> None:
         "seq_len": args.seq_len, "dtype": dtype, "repeats": args.repeats,
         "max_tokens": args.max_tokens,
         "llmprod": a, "reference": b,
+        "reference_model_tflops": b["model_tflops"],
         "ratios": {
             "speed (llmprod / reference tokens/s)": a["tokens_per_s"] / b["tokens_per_s"],
             "scoring memory (llmprod / reference, RSS above the loaded model)":
@@ -125,6 +144,7 @@ def main() -> None:
         },
         "variants (tokens/s and peak memory against the reference)": {
             v: {"batch_size": summary[v]["batch_size"], "speed": summary[v]["tokens_per_s"] / b["tokens_per_s"],
+                "model_tflops": summary[v]["model_tflops"],
                 **({"peak_gpu_memory": summary[v]["peak_gpu_bytes"] / b["peak_gpu_bytes"]}
                    if b["peak_gpu_bytes"] else {})}
             for v in summary if v != "reference"},
