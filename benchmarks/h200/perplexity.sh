@@ -14,17 +14,21 @@
 #     speed (#22) and its start-up log, the tensor-parallel row of estimate-memory's comparison (#20).
 #  C. Meanwhile, on cores of its own: the gateway's cost with the default policy on the host's CPU, a core
 #     each, then 4 workers on 4 cores each (#16; gateway.sh host).
+#
+# PARTS="B" (say) runs only those parts; the default is all three.
 set -uo pipefail
 R=${1:?usage: perplexity.sh RESULTS_DIR}
+PARTS=${PARTS:-A B C}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 W=/tmp/pp
 . benchmarks/h200/common.sh
 
 # C. the gateway on the host's CPU, on cores 0-10 (its --isolate placement takes 1-10); everything
 #    below stays on the cores above, so the two tracks do not share a core.
 LAST=$(($(nproc) - 1))
-( taskset -c 0-10 env PYTHONPATH=$SP bash benchmarks/h200/gateway.sh host "$R" > "$R/gateway.out" 2>&1
+part C && ( taskset -c 0-10 env PYTHONPATH=$SP bash benchmarks/h200/gateway.sh host "$R" > "$R/gateway.out" 2>&1
   log "gateway: exit $?"; touch "$R/gateway.done" ) &
-taskset -cp 11-$LAST $$ > /dev/null
+part C && taskset -cp 11-$LAST $$ > /dev/null
 
 PYTHONPATH=$PWD python3 -c "
 from llmprod.tinymodel import build_shaped_model, corpus_split
@@ -37,7 +41,7 @@ PPL=(--dataset "$W/eval.txt" --seq-len 2048 --max-tokens 262144 --json)
 ppl() {  # ppl TAG GPUS MODEL [flags]: one `llmprod perplexity`, its own TMPDIR so its vLLM log is its own
   local tag=$1 gpus=$2 m=$3; shift 3
   mkdir -p "$W/tmp-$tag"
-  TMPDIR=$W/tmp-$tag CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$PWD timeout 900 python3 -m llmprod perplexity "$W/$m" \
+  TMPDIR=$W/tmp-$tag CUDA_VISIBLE_DEVICES=$gpus PYTHONPATH=$SP timeout 900 python3 -m llmprod perplexity "$W/$m" \
       "${PPL[@]}" "$@" > "$R/ppl-$tag.json" 2> "$R/ppl-$tag.err"
   log "perplexity $tag: exit $?"
   cp "$W/tmp-$tag"/llmprod/perplexity-vllm-*.log "$R/vllm-$tag.log" 2>/dev/null
@@ -50,17 +54,20 @@ bench() {  # bench NAME MODEL REPEATS MAX_TOKENS VARIANTS
   log "perplexity bench $1: exit $?"
 }
 # A. the transformers path against the plain loop, then both paths' speed on the 1B shape
-bench 1b l1b 3 262144 llmprod-b1,llmprod-b2,llmprod-b8,llmprod-eager
-ppl transformers-1b 0 l1b
-ppl vllm-1b 0 l1b --engine vllm --vllm-bin /tmp/vbin/vllm
-bench 8b l8b 2 131072 llmprod-b1,llmprod-b8
-bench 1b-compile l1b 1 262144 llmprod-compile
+if part A; then
+  bench 1b l1b 3 262144 llmprod-b1,llmprod-b2,llmprod-b8,llmprod-eager
+  ppl transformers-1b 0 l1b
+  ppl vllm-1b 0 l1b --engine vllm --vllm-bin /tmp/vbin/vllm
+  bench 8b l8b 2 131072 llmprod-b1,llmprod-b8
+  bench 1b-compile l1b 1 262144 llmprod-compile
+fi
 
 # B. tensor parallel 2 where the machine has two GPUs, and one GPU for comparison, each alone
-if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+if part B && [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   ppl vllm-8b-tp2 0,1 l8b --engine vllm --vllm-bin /tmp/vbin/vllm --tensor-parallel-size 2
   ppl vllm-8b 0 l8b --engine vllm --vllm-bin /tmp/vbin/vllm
   ppl transformers-8b 0 l8b
+  ppl vllm-1b-c32 0 l1b --engine vllm --vllm-bin /tmp/vbin/vllm --concurrency 32  # does the served path scale?
 fi
 wait
 touch "$R/all.done"
