@@ -18,10 +18,8 @@ from llmprod.memory.weights import (estimate_weights, safetensors_from_hub, safe
 KV_DTYPES = {"auto": None, "bf16": 2, "fp16": 2, "fp8": 1}
 # vLLM's sampler warm-up runs this many sequences' logits in float32 during memory profiling.
 MAX_NUM_SEQS = 256
-# Not measurable from a config: NCCL buffers outside torch's allocator when more than one GPU serves
-# (one GPU: the release's measured figure), and the memory of captured CUDA graphs with vLLM's default
-# capture sizes (0.44 GiB for a 1B Llama, 0.98 GiB for an 8B one with vLLM 0.26.0 on an H200).
-NON_TORCH_BYTES_TP = int(1.0 * GiB)
+# Not measurable from a config: the memory of captured CUDA graphs with vLLM's default capture sizes
+# (0.44 GiB for a 1B Llama, 0.98 GiB for an 8B one with vLLM 0.26.0 on an H200).
 CUDA_GRAPH_BYTES = int(1.0 * GiB)
 
 
@@ -221,7 +219,7 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
     usable = int(total * utilization)
     activation = _activation_peak(spec, shape)
     one_gpu = spec.tp * spec.pp == 1
-    non_torch = release.non_torch_bytes if one_gpu else NON_TORCH_BYTES_TP
+    non_torch = release.non_torch_bytes if one_gpu else release.non_torch_bytes_parallel
     graphs = CUDA_GRAPH_BYTES if release.deducts_cuda_graphs(shape) else 0
     default = "" if spec.gpu_memory_utilization is not None else f" (vLLM {release.version}'s default)"
     lines = [
@@ -231,8 +229,8 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
         {"item": "− activation peak", "bytes": -activation,
          "how": f"profiling forward of {spec.max_num_batched_tokens} tokens + {MAX_NUM_SEQS} sequences' fp32 logits"},
         {"item": "− non-torch memory", "bytes": -non_torch,
-         "how": f"CUDA context and cuBLAS workspaces, as measured with vLLM {release.version}" if one_gpu
-         else "CUDA context, cuBLAS and NCCL buffers (typical for several GPUs; not derivable from a config)"},
+         "how": f"CUDA context and cuBLAS workspaces, as measured with vLLM {release.version}"
+                + ("" if one_gpu else " per GPU with tensor parallelism (NCCL's buffers come before its baseline)")},
         {"item": "− CUDA graphs", "bytes": -graphs,
          "how": "vLLM's default capture sizes (typical; 0 with --enforce-eager)" if graphs else
          f"not deducted: vLLM {release.version} captures this model's graphs after sizing the KV cache "

@@ -35,6 +35,9 @@ class VllmRelease:
     v2_runner_moe_architectures: frozenset[str]
     # Memory outside torch's allocator at start-up (CUDA context, cuBLAS workspaces), one GPU.
     non_torch_bytes: int
+    # The same per GPU with tensor (or pipeline) parallelism, as vLLM logs it: NCCL's buffers are set up
+    # before its profiling baseline, so they do not show here.
+    non_torch_bytes_parallel: int
     source: str
 
     def v2_runner(self, shape: ModelShape) -> bool:
@@ -63,6 +66,8 @@ RELEASES: dict[str, VllmRelease] = {
             "DeepseekV2ForCausalLM", "GraniteMoeForCausalLM", "InklingForCausalLM",
             "InklingForConditionalGeneration", "LongcatFlashNgramForCausalLM", "Qwen2MoeForCausalLM"}),
         non_torch_bytes=int(0.22 * GiB),
+        # Llama-3.1-8B shape, tensor parallel 2 on two NVLink H200s (NVLS off): 0.06 and 0.07 GiB.
+        non_torch_bytes_parallel=int(0.07 * GiB),
         source="vLLM 0.26.0's source and its start-up lines on an H200 (tests/data/vllm-0.26.0)",
     ),
 }

@@ -54,7 +54,9 @@ def test_from_the_gpu_alone_the_kv_cache_is_within_3_percent(planned):
     # the budget, line by line: vLLM's default utilization, the measured non-torch memory, no CUDA graphs
     # deducted (0.26.0 captures a dense model's graphs after sizing the KV cache)
     assert result["vllm"]["gpu_memory_utilization"] == log.gpu_memory_utilization
-    assert rows["non-torch memory"]["ratio"] == pytest.approx(1, abs=0.05)
+    # (vLLM prints it in GiB to two places: 0.06 GiB per GPU with tensor parallelism is 61 MiB give or take 5)
+    non_torch = rows["non-torch memory"]
+    assert abs(non_torch["predicted"] - non_torch["vllm"]) <= max(0.05 * non_torch["vllm"], 0.01 * GiB), non_torch
     assert rows["CUDA graphs deducted from the KV budget"]["predicted"] == 0
     activation = rows["peak activation"]
     assert abs(activation["predicted"] - activation["vllm"]) < 0.3 * GiB, activation
