@@ -91,17 +91,27 @@ def test_cli_reports_windows_remainder_and_bytes(cli, trained_model_dir, eval_te
 
 
 def test_auto_batch_fills_a_pass_within_free_memory():
-    from llmprod.evaluate.perplexity import TOKENS_PER_PASS, batch_for
+    from llmprod.evaluate.perplexity import batch_for
 
     gib = 1 << 30
     per_token = 2 * (4 * 2048 + 3 * 8192)  # a 1B Llama in bfloat16
-    assert batch_for(2048, 100, 100 * gib, per_token) == TOKENS_PER_PASS // 2048
-    assert batch_for(512, 100, 100 * gib, per_token) == TOKENS_PER_PASS // 512
-    assert batch_for(2048, 2, 100 * gib, per_token) == 2  # never more windows than there are
+    assert batch_for(2048, 100, 100 * gib, per_token, 2048) == 4  # 8,192 tokens a pass
+    assert batch_for(512, 100, 100 * gib, per_token, 2048) == 16
+    assert batch_for(2048, 2, 100 * gib, per_token, 2048) == 2  # never more windows than there are
     # Little free memory: only as many windows as half of it holds, and never fewer than one.
-    assert batch_for(2048, 100, 2 * 2048 * per_token * 2, per_token) == 2
-    assert batch_for(2048, 100, 1 << 20, per_token) == 1
-    assert batch_for(16384, 100, 100 * gib, per_token) == 1
+    assert batch_for(2048, 100, 2 * 2048 * per_token * 2, per_token, 2048) == 2
+    assert batch_for(2048, 100, 1 << 20, per_token, 2048) == 1
+    assert batch_for(16384, 100, 100 * gib, per_token, 2048) == 1
+
+
+def test_auto_batch_gives_wider_models_fewer_windows_a_pass():
+    """An 8B model's pass fills the GPU's matmuls on its own: half the tokens of a 1B's, a 70B's one window."""
+    from llmprod.evaluate.perplexity import batch_for
+
+    gib = 1 << 30
+    assert batch_for(2048, 100, 100 * gib, 2 * (4 * 4096 + 3 * 14336), 4096) == 2
+    assert batch_for(2048, 100, 100 * gib, 2 * (4 * 8192 + 3 * 28672), 8192) == 1
+    assert batch_for(512, 100, 100 * gib, 2 * (4 * 8192 + 3 * 28672), 8192) == 4
 
 
 @pytest.mark.slow
