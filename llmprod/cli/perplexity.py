@@ -23,7 +23,7 @@ def perplexity(
     stride: Annotated[Optional[int], typer.Option("--stride", help="Smaller than --seq-len: sliding windows.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Evaluate only the first N tokens.")] = None,
     batch_size: Annotated[str, typer.Option(
-        "--batch-size", help="Windows per forward pass; auto: 1 on a CPU, about 8,192 tokens a pass on a GPU.")] = "auto",
+        "--batch-size", help="Windows per forward pass; auto: 1 on a CPU; on a GPU about 8,192 tokens a pass for a hidden size of 2,048, fewer for wider models.")] = "auto",
     device: DeviceOpt = Device.auto,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
     max_increase: Annotated[
