@@ -194,12 +194,11 @@ def _masked_nll(logits, targets, mask):
     return (nll.double() * mask.reshape(-1)).sum()
 
 
-def activation_bytes_per_token(config, dtype_bytes: int) -> int:
+def activation_bytes_per_token(text_config, dtype_bytes: int) -> int:
     """A decoder layer's largest set of live activations per token during inference (the MLP's: the
     residual, its normed copy, gate, up, and their product), plus the final hidden state."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = int(getattr(text, "hidden_size", 0) or 0)
-    inter = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
+    hidden = int(getattr(text_config, "hidden_size", 0) or 0)
+    inter = int(getattr(text_config, "intermediate_size", 0) or 4 * hidden)
     return dtype_bytes * (4 * hidden + 3 * inter)
 
 
@@ -212,9 +211,9 @@ def auto_batch_size(model, seq_len: int, n_windows: int) -> int:
     if param.device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(param.device)
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return batch_for(seq_len, n_windows, free, activation_bytes_per_token(model.config, param.element_size()),
-                     int(getattr(config, "hidden_size", 0) or 0))
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return batch_for(seq_len, n_windows, free, activation_bytes_per_token(text, param.element_size()),
+                     int(getattr(text, "hidden_size", 0) or 0))
 
 
 def batch_for(seq_len: int, n_windows: int, free_bytes: int, bytes_per_token: int, hidden_size: int) -> int:

@@ -40,7 +40,7 @@ def window_request(model: str, ids: Sequence[int]) -> dict[str, Any]:
     return {"model": model, "prompt": list(ids), "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
 
 
-def window_nll(answer: Any, ids: Sequence[int], window: Window, index: int) -> float:
+def answer_nll(answer: Any, ids: Sequence[int], window: Window, index: int) -> float:
     """Summed NLL of the window's scored targets from one completions answer's prompt_logprobs."""
     try:
         logprobs = answer["choices"][0]["prompt_logprobs"]
@@ -90,7 +90,7 @@ def served_nll(served: Served, ids: Sequence[int], plan: WindowPlan, concurrency
 
     def one(item: tuple[int, Window]) -> float:
         index, window = item
-        return window_nll(post(window_request(served.model, ids[window.begin:window.end])), ids, window, index)
+        return answer_nll(post(window_request(served.model, ids[window.begin:window.end])), ids, window, index)
 
     total = 0.0
     try:

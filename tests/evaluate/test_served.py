@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from llmprod.evaluate.perplexity import Window
-from llmprod.evaluate.served import window_nll, window_request
+from llmprod.evaluate.served import answer_nll, window_request
 from llmprod.errors import OperationFailed
 from llmprod.testing.fake_engine import make_app
 from llmprod.testing.servers import ThreadServer
@@ -69,11 +69,11 @@ def test_parsing_prompt_logprobs():
     answer = {"choices": [{"prompt_logprobs": [None, {"6": {"logprob": -1.0}}, {"7": {"logprob": -2.0, "rank": 3},
                                                                                 "9": {"logprob": -0.1}},
                                                {"8": -0.5}]}]}
-    assert window_nll(answer, ids, window, 0) == pytest.approx(3.5)
-    assert window_nll(answer, ids, Window(0, 4, 3), 0) == pytest.approx(0.5)  # only the positions it adds
+    assert answer_nll(answer, ids, window, 0) == pytest.approx(3.5)
+    assert answer_nll(answer, ids, Window(0, 4, 3), 0) == pytest.approx(0.5)  # only the positions it adds
     missing = {"choices": [{"prompt_logprobs": [None, {"6": {"logprob": -1.0}}, {"9": {"logprob": -0.1}}, None]}]}
     with pytest.raises(OperationFailed, match="position 2: no logprob for the prompt's token 7"):
-        window_nll(missing, ids, window, 0)
+        answer_nll(missing, ids, window, 0)
     assert window_request("m", ids) == {"model": "m", "prompt": ids, "max_tokens": 1, "temperature": 0.0,
                                         "prompt_logprobs": 0}
 
