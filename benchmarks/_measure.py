@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmprod.testing.servers import proc_stat
+
 
 def run_measured(argv: list[str], env: dict | None = None) -> dict:
     """Wall seconds and the child's own peak resident memory (from wait4, not a polled guess).
@@ -43,12 +45,11 @@ def processes() -> dict[int, tuple[int, str]]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            name, fields = proc_stat(int(entry.name))
             if fields[0] == "Z":
                 continue
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            out[int(entry.name)] = (int(fields[2]), cmd or f"[{stat[stat.index('(') + 1:stat.rindex(')')]}]")
+            out[int(entry.name)] = (int(fields[2]), cmd or f"[{name}]")
         except (OSError, ValueError, IndexError):
             continue
     return out
@@ -56,8 +57,7 @@ def processes() -> dict[int, tuple[int, str]]:
 
 def parent_of(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[1])
+        return int(proc_stat(pid)[1][1])
     except (OSError, ValueError, IndexError):
         return None
 

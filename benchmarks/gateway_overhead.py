@@ -31,7 +31,7 @@ from pathlib import Path
 
 
 from llmprod.serve.engines import free_port
-from llmprod.testing.servers import wait_ready  # noqa: F401 (also imported from here by benchmarks/h200/*.sh)
+from llmprod.testing.servers import proc_stat, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def cpu_seconds(pid: int) -> float:
     with --workers is `serve` and the worker processes it started."""
     total = 0
     for p in [pid, *_children(pid)]:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = proc_stat(p)[1]
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 

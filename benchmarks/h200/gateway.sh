@@ -23,7 +23,7 @@ for kind in trained random; do
   /tmp/vbin/vllm serve "/tmp/tiny-$kind" --served-model-name tiny --host 127.0.0.1 --port 8012 \
       --gpu-memory-utilization 0.3 --max-model-len 2048 > "$out/vllm-tiny-$kind.log" 2>&1 &
   vllm=$!
-  python3 -c "from benchmarks.gateway_overhead import wait_ready; wait_ready('http://127.0.0.1:8012/health', 400)"
+  python3 -c "from llmprod.testing.servers import wait_ready; wait_ready('http://127.0.0.1:8012/health', 400)"
   timeout 240 python3 benchmarks/gateway_overhead.py --upstream http://127.0.0.1:8012 --model tiny --isolate \
       --rounds 3 --output-tokens 128 --out "$out/gateway-overhead-h200-vllm-tiny-$kind.json" 2>&1 | tail -5
   kill -TERM $vllm; wait $vllm 2>/dev/null

@@ -17,7 +17,7 @@ config_json='tests/data/model-configs/meta-llama__Llama-3.2-1B-Instruct.json', d
 /tmp/vbin/vllm serve /tmp/lg1b --served-model-name lg1b --host 127.0.0.1 --port 8011 \
     --gpu-memory-utilization 0.3 --max-model-len 4096 > "$out/vllm-lg1b.log" 2>&1 &
 vllm=$!
-python3 -c "from benchmarks.gateway_overhead import wait_ready; wait_ready('http://127.0.0.1:8011/health', 400)"
+python3 -c "from llmprod.testing.servers import wait_ready; wait_ready('http://127.0.0.1:8011/health', 400)"
 timeout 300 python3 benchmarks/guard_latency.py --device cuda --llama-guard /tmp/lg1b \
     --guard-endpoint http://127.0.0.1:8011 --guard-name lg1b --format llama-guard-3-1b --rounds 3 \
     --out "$out/guard-latency-h200.json" 2>&1 | tail -40

@@ -8,13 +8,21 @@ from pathlib import Path
 
 from llmprod.serve.engines import free_port
 
-__all__ = ["ThreadServer", "free_port", "running", "wait_ready", "wait_until"]
+__all__ = ["ThreadServer", "free_port", "proc_stat", "running", "wait_ready", "wait_until"]
+
+
+def proc_stat(pid: int) -> tuple[str, list[str]]:
+    """A process's name and the fields of Linux's /proc/PID/stat after it (the name may hold spaces and
+    parentheses): [0] state, [1] parent, [2] process group, [11] and [12] user and system CPU in clock ticks.
+    OSError when the process is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
 
 
 def running(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (Linux /proc; its name may hold spaces and parentheses)."""
+    """Whether a process exists and is not a zombie."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[1][0] != "Z"
     except OSError:
         return False
 

@@ -16,13 +16,13 @@ import pytest
 
 from llmprod.serve.engines import free_port
 from llmprod.serve.run import slots_per_process
-from llmprod.testing.servers import running, wait_until
+from llmprod.testing.servers import proc_stat, running, wait_until
 
 TOTAL = re.compile(r'^llmprod_requests_total\{route="chat",status="(\d+)"\} ([\d.]+)$', re.M)
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)[1]
     return int(fields[11]) + int(fields[12])
 
 
