@@ -105,16 +105,23 @@ def slots_per_process(max_concurrency: int, workers: int) -> int:
     return max(1, math.ceil(max_concurrency / workers))
 
 
+def key_ring(spec: ServeSpec):
+    """The clients of --api-keys as a KeyRing, or None without the flag."""
+    if spec.api_keys is None:
+        return None
+    from llmprod.serve.keys import KeyRing, load_keys
+
+    return KeyRing(load_keys(spec.api_keys))
+
+
 def build_gateway(settings: GatewaySettings, out, policy, keys=None):
     """The gateway of one process, `serve`'s or a worker's: (gateway, what the guard enforces). `policy`:
     read_policy's; `keys`: the KeyRing already loaded, else --api-keys is read here."""
     spec = settings.spec
     metrics = GatewayMetrics(shared=settings.metrics_dir)
     guard, guard_lines = build_guard(policy, metrics, out)
-    if keys is None and spec.api_keys is not None:
-        from llmprod.serve.keys import KeyRing, load_keys
-
-        keys = KeyRing(load_keys(spec.api_keys))
+    if keys is None:
+        keys = key_ring(spec)
     config = GatewayConfig(api_key=spec.api_key, keys=keys,
                            max_concurrency=slots_per_process(spec.max_concurrency, spec.workers),
                            max_body_size=spec.max_body_size, request_timeout=spec.request_timeout,
@@ -174,14 +181,10 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
     spec.validate()
     policy = read_policy(spec)
     upstream_url = server_root(spec.upstream, "--upstream") if spec.upstream else None
-    keys = None
-    if spec.api_keys is not None:
-        from llmprod.serve.keys import KeyRing, load_keys
-
-        keys = KeyRing(load_keys(spec.api_keys))
-        if spec.workers > 1 and keys.limited:
-            raise InputError("--api-keys with per-minute limits needs --workers 1: each gateway process would "
-                             "keep its own buckets", hint="drop the limits from the file, or the --workers")
+    keys = key_ring(spec)
+    if keys is not None and spec.workers > 1 and keys.limited:
+        raise InputError("--api-keys with per-minute limits needs --workers 1: each gateway process would "
+                         "keep its own buckets", hint="drop the limits from the file, or the --workers")
     sock = bind_port(spec.host, spec.port)
     shared = tempfile.mkdtemp(prefix="llmprod-metrics-") if spec.workers > 1 else None
     try:
@@ -254,8 +257,6 @@ def run_loop(coro) -> None:
 async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineProcess | None,
                  guard_lines: list[str], signals: _Signals, on_ready: Callable[[dict], None], sock: socket.socket,
                  pool=None) -> None:
-    import uvicorn
-
     started = time.monotonic()
     upstream, state = gateway.upstream, gateway.state
     stopping = None
@@ -269,13 +270,7 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
         if pool is not None:
             out.info(f"starting {spec.workers - 1} more gateway process(es) on the same port ...")
             await pool.start(spec.engine_timeout)
-        config = uvicorn.Config(gateway.app, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=spec.grace_period, lifespan="on", loop="none",
-                                server_header=False, date_header=False)
-        server = uvicorn.Server(config)
-        serve_task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started and not serve_task.done():
-            await asyncio.sleep(0.05)
+        server, serve_task = await start_serving(gateway, sock, spec.grace_period)
         if serve_task.done():
             serve_task.result()
             return
@@ -303,6 +298,20 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
             if not pool.stopping:
                 await pool.stop(0.0)
         await upstream.close()
+
+
+async def start_serving(gateway: Gateway, sock: socket.socket, grace: float):
+    """(uvicorn server, its task) serving the gateway on the bound socket, once it accepts connections, or
+    once the task has ended (it failed: the caller reads its result). `serve`'s process and each worker's."""
+    import uvicorn
+
+    config = uvicorn.Config(gateway.app, log_level="warning", access_log=False, timeout_graceful_shutdown=grace,
+                            lifespan="on", loop="none", server_header=False, date_header=False)
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    return server, task
 
 
 async def _stop_with(server, pool) -> None:

@@ -22,7 +22,9 @@ import sys
 
 from llmprod.output import Output
 from llmprod.serve.metrics import shared_between_processes
-from llmprod.serve.run import GatewaySettings, build_gateway, read_policy, reload_keys, run_loop
+from llmprod.serve.run import (GatewaySettings, build_gateway, read_policy, reload_keys, run_loop,
+                               start_serving)
+
 
 RECOVERY_POLL = 0.5  # seconds between a down engine's health checks
 
@@ -37,15 +39,7 @@ async def watch_recovery(gateway) -> None:
 
 
 async def _serve(settings: GatewaySettings, sock: socket.socket, gateway) -> None:
-    import uvicorn
-
-    spec = settings.spec
-    config = uvicorn.Config(gateway.app, log_level="warning", access_log=False, lifespan="on", loop="none",
-                            timeout_graceful_shutdown=spec.grace_period, server_header=False, date_header=False)
-    server = uvicorn.Server(config)
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.02)
+    server, serving = await start_serving(gateway, sock, settings.spec.grace_period)
     if server.started:
         print("ready", flush=True)  # to `serve`, on the pipe it reads; anything later goes to stderr
         os.dup2(2, 1)
