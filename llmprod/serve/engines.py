@@ -225,6 +225,16 @@ def last_line(path: Path, limit: int = 200) -> str:
     return lines[-1][:limit] if lines else "(empty log)"
 
 
+# Seconds between checks of a supervised engine: its process, and its /health once a request marked it down.
+HEALTH_POLL = 0.2
+
+
+async def mark_up_if_healthy(state: EngineState, upstream: Upstream) -> None:
+    """An engine marked down by a failed request (a transient failure) is marked up once it answers /health."""
+    if not state.up and (await upstream.health(timeout=2.0)).ok:
+        state.mark_up()
+
+
 class Supervisor:
     """Restarts a dead engine with exponential backoff; requests get 503 meanwhile."""
 
@@ -244,10 +254,9 @@ class Supervisor:
     async def run(self, upstream: Upstream) -> None:
         failures = 0
         while not self.stopping:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(HEALTH_POLL)
             if self.engine.alive():
-                if not self.state.up and (await upstream.health(timeout=2.0)).ok:
-                    self.state.mark_up()  # a transient failure marked it down; it answers again
+                await mark_up_if_healthy(self.state, upstream)
                 continue
             if self.stopping:
                 return

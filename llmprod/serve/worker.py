@@ -21,21 +21,18 @@ import socket
 import sys
 
 from llmprod.output import Output
+from llmprod.serve.engines import HEALTH_POLL, mark_up_if_healthy
 from llmprod.serve.metrics import shared_between_processes
 from llmprod.serve.run import (GatewaySettings, build_gateway, read_policy, reload_keys, run_loop,
                                start_serving)
 
 
-RECOVERY_POLL = 0.5  # seconds between a down engine's health checks
-
-
 async def watch_recovery(gateway) -> None:
-    """A supervised engine marked down by a failed request is marked up again once it answers /health
-    (`serve`'s own Supervisor does this for the first process, and restarts the engine)."""
+    """This process's view of the supervised engine follows it back up, as `serve`'s own Supervisor's does
+    (which also restarts the engine)."""
     while True:
-        await asyncio.sleep(RECOVERY_POLL)
-        if not gateway.state.up and (await gateway.upstream.health(timeout=2.0)).ok:
-            gateway.state.mark_up()
+        await asyncio.sleep(HEALTH_POLL)
+        await mark_up_if_healthy(gateway.state, gateway.upstream)
 
 
 async def _serve(settings: GatewaySettings, sock: socket.socket, gateway) -> None:

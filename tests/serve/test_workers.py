@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from llmprod.serve.engines import free_port
+from llmprod.serve.engines import HEALTH_POLL, free_port
 from llmprod.serve.run import slots_per_process
 from llmprod.testing.servers import proc_stat, running, wait_until
 
@@ -121,6 +121,8 @@ def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, t
                 break
             time.sleep(0.05)
         assert seen >= {200} and seen - {200} <= {502, 503}, seen
+        # That 200 came from one process; each one sees the engine back within its next health check.
+        time.sleep(3 * HEALTH_POLL)
         # back: every process answers again (twenty requests, new connections, land on both)
         assert all(httpx.post(f"{ready['url']}/chat/completions", timeout=30, json={
             "model": "fake", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200 for _ in range(20))
