@@ -116,6 +116,23 @@ def transformers_command(model: str, port: int, options: EngineOptions, reason: 
     return EngineCommand("transformers", tuple(argv), port, model, reason, env)
 
 
+def ends_with_this_process():
+    """A preexec_fn for a child that must not outlive this process, however it ends (SIGKILL included): Linux
+    sends the child SIGTERM when its parent dies (PR_SET_PDEATHSIG), so a killed `serve` leaves no engine
+    holding the GPU and no gateway worker holding the port. None (nothing to run) elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    term = int(signal.SIGTERM)
+
+    def set_parent_death_signal() -> None:
+        prctl(1, term)  # PR_SET_PDEATHSIG
+
+    return set_parent_death_signal
+
+
 class EngineProcess:
     """One engine, in its own process group, its output appended to `log_path`."""
 
@@ -137,7 +154,8 @@ class EngineProcess:
             log.flush()
             try:
                 self.proc = subprocess.Popen(self.command.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                             stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                             preexec_fn=ends_with_this_process())
             except OSError as exc:
                 raise EngineFailed(f"could not start the {self.command.kind} engine: {exc}",
                                    hint=f"see {self.log_path}") from exc

@@ -21,7 +21,7 @@ import socket
 import sys
 
 from llmprod.output import Output
-from llmprod.serve.engines import HEALTH_POLL, mark_up_if_healthy
+from llmprod.serve.engines import HEALTH_POLL, ends_with_this_process, mark_up_if_healthy
 from llmprod.serve.metrics import shared_between_processes
 from llmprod.serve.run import (GatewaySettings, build_gateway, read_policy, reload_keys, run_loop,
                                start_serving)
@@ -78,7 +78,7 @@ class WorkerPool:
         fd = self.sock.fileno()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "llmprod.serve.worker", str(fd), replace(self.settings, index=index).to_json(),
-            stdout=asyncio.subprocess.PIPE, pass_fds=(fd,))
+            stdout=asyncio.subprocess.PIPE, pass_fds=(fd,), preexec_fn=ends_with_this_process())
         self.procs[index] = proc
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout)

@@ -133,6 +133,22 @@ def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, t
             proc.kill()
 
 
+@pytest.mark.timeout(120)
+def test_a_killed_serve_leaves_neither_its_workers_nor_its_engine(serve_process, tmp_path):
+    """SIGKILL gives serve no chance to stop anything: its children are told by the kernel (Linux)."""
+    script = tmp_path / "bin" / "vllm"
+    script.parent.mkdir()
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m llmprod.testing.fake_engine \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(script), "--port", str(free_port()),
+                                "--workers", "2", "--engine-log", str(tmp_path / "e.log"))
+    children = [ready["engine_pid"], *ready["worker_pids"][1:]]
+    assert all(running(pid) for pid in children)
+    proc.kill()
+    proc.wait(timeout=30)
+    wait_until(lambda: not any(running(pid) for pid in children), timeout=30)
+
+
 @pytest.mark.parametrize("args,words", [
     (["--workers", "0"], "--workers must be at least 1"),
     (["--workers", "2", "--api-keys", "{limited}"], "needs --workers 1"),
