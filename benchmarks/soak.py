@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _measure import engine_leader, processes, rss_and_fds  # noqa: E402
+from llmprod.testing.fake_engine import vllm_executable  # noqa: E402
 from llmprod.testing.servers import free_port  # noqa: E402
 
 KEYS = {"alpha": "soak-alpha-0001", "beta": "soak-beta-0002", "gamma": "soak-gamma-0003", "capped": "soak-capped-04"}
@@ -49,12 +49,7 @@ STREAM_ERROR_STATUS = {"upstream_stream_error": 502, "upstream_timeout": 504, "g
 
 
 def fake_vllm(work: Path) -> Path:
-    script = work / "bin" / "vllm"
-    script.parent.mkdir(parents=True)
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m llmprod.testing.fake_engine \"$@\" --tokens 24 "
-                      "--itl 0.01 --text prose --spawn-child\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return script
+    return vllm_executable(work, "--tokens", "24", "--itl", "0.01", "--text", "prose", "--spawn-child")
 
 
 def keys_file(work: Path) -> Path:

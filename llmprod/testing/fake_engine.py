@@ -179,6 +179,20 @@ class _PromptScorer:
                          for i in range(1, len(ids))]
 
 
+def vllm_executable(directory: Path, *args: str) -> Path:
+    """DIRECTORY/bin/vllm: an executable that runs this fake engine wherever serve would run `vllm` (vLLM
+    itself needs a GPU); `args` follow the ones serve passes (--tokens 24, --itl 0.01, ...)."""
+    import shlex
+    import stat
+
+    script = directory / "bin" / "vllm"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    extra = "".join(f" {shlex.quote(a)}" for a in args)
+    script.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m llmprod.testing.fake_engine \"$@\"{extra}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
 def stats(url: str) -> dict:
     """GET /stats of a running fake engine."""
     import httpx

@@ -14,8 +14,14 @@ from llmprod.guardrails import PolicyGuard
 from llmprod.serve.gateway import Gateway, GatewayConfig
 from llmprod.serve.metrics import GatewayMetrics
 from llmprod.serve.upstream import EngineState
-from llmprod.testing.fake_engine import make_app
+from llmprod.testing.fake_engine import make_app, vllm_executable
 from llmprod.testing.servers import ThreadServer
+
+
+@pytest.fixture
+def fake_vllm(tmp_path):
+    """A `vllm` executable that runs the fake engine (vLLM itself cannot run here)."""
+    return vllm_executable(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import stat
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,16 +15,6 @@ from llmprod.testing.servers import free_port, running, wait_until
 
 VLLM_LOGS = Path(__file__).resolve().parents[1] / "data" / "vllm-0.26.0"
 VLLM_LOG = VLLM_LOGS / "llama-3.1-8b-bf16.log"
-
-
-@pytest.fixture
-def fake_vllm(tmp_path) -> Path:
-    """A `vllm` executable that runs the fake engine (vLLM itself cannot run here)."""
-    script = tmp_path / "bin" / "vllm"
-    script.parent.mkdir()
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m llmprod.testing.fake_engine \"$@\"\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return script
 
 
 @pytest.mark.parametrize("args,words", [

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import stat
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,12 +95,8 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(serve_proces
 
 
 @pytest.mark.timeout(180)
-def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, tmp_path):
-    script = tmp_path / "bin" / "vllm"
-    script.parent.mkdir()
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m llmprod.testing.fake_engine \"$@\"\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(script), "--port", str(free_port()),
+def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, fake_vllm, tmp_path):
+    proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(free_port()),
                                 "--workers", "2", "--engine-log", str(tmp_path / "e.log"))
     try:
         assert stream_once(ready["url"])
@@ -134,13 +128,9 @@ def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, t
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_serve_leaves_neither_its_workers_nor_its_engine(serve_process, tmp_path):
+def test_a_killed_serve_leaves_neither_its_workers_nor_its_engine(serve_process, fake_vllm, tmp_path):
     """SIGKILL gives serve no chance to stop anything: its children are told by the kernel (Linux)."""
-    script = tmp_path / "bin" / "vllm"
-    script.parent.mkdir()
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m llmprod.testing.fake_engine \"$@\"\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(script), "--port", str(free_port()),
+    proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(free_port()),
                                 "--workers", "2", "--engine-log", str(tmp_path / "e.log"))
     children = [ready["engine_pid"], *ready["worker_pids"][1:]]
     assert all(running(pid) for pid in children)
