@@ -3,6 +3,7 @@ input guardrails see, with a way to write redacted versions back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any, Callable
@@ -18,8 +19,6 @@ BODY_TIMEOUT_S = 30.0
 async def read_json(request, limit: int, timeout: float | None = None) -> dict:
     """The body as a JSON object; 413 past `limit` bytes (declared or streamed), 408 when it has not all
     arrived within `timeout` seconds, 400 when it is not JSON."""
-    import asyncio
-
     timeout = BODY_TIMEOUT_S if timeout is None else timeout
     declared = request.headers.get("content-length")
     too_large = GatewayError(413, f"the request body is larger than --max-body-size ({limit} bytes)",
