@@ -336,12 +336,16 @@ class OutputScanner:
             if f.start < boundary < f.end and f.action != "flag":  # a flag changes no text: nothing to hold
                 boundary = f.start
         released = [f for f in findings if f.end <= boundary]
-        emit = self._redacted(text[ctx:boundary], released, ctx)
+        source = text[ctx:boundary]
+        emit = self._redacted(source, released, ctx)
         self._count(released)
         self.left = text[:boundary][-self.holdback.left_context:]
         self.pending = text[boundary:]
         self.released += boundary - ctx
-        return StreamStep(emit)
+        if emit == source:
+            return StreamStep(emit)
+        shifted = tuple(replace(f, start=f.start - ctx, end=f.end - ctx) for f in released if f.action == "redact")
+        return StreamStep(emit, source=source, redactions=shifted)
 
     def close(self) -> None:
         """The stream ended, whatever the reason: its checks' time is reported once, as one request's."""

@@ -57,6 +57,10 @@ class StreamStep:
     text: str  # what may be sent to the client now
     blocked: bool = False
     verbatim: bool = False  # `text` is exactly what this feed received: nothing held, nothing rewritten
+    # Where a redaction changed the released text: the text as generated, and the redact findings applied to
+    # it (spans in `source`). Whoever mirrors the text elsewhere (logprob tokens) maps the same change there.
+    source: str | None = None
+    redactions: tuple = ()
 
 
 class CheckUnavailable(Exception):
