@@ -96,7 +96,8 @@ class GatewayMetrics:
         """Tokens from an answer's usage (a stream's last usage chunk: vLLM's running totals are not summed)."""
         if not isinstance(usage, dict):
             return
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))  # /v1/responses names them so
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
         prompt = prompt if isinstance(prompt, int) and prompt >= 0 else None
         completion = completion if isinstance(completion, int) and completion >= 0 else None
         if prompt is not None:

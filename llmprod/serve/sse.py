@@ -15,8 +15,9 @@ from typing import Any, AsyncIterator
 import orjson
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-# Non-empty generated text in a chat delta ("content") or a completion choice ("text").
-_HAS_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
+# Non-empty generated text: a chat delta's content or reasoning, a completion choice's text, a tool call's
+# arguments, a Responses event's delta.
+_HAS_TEXT = re.compile(rb'"(?:content|text|reasoning|reasoning_content|arguments|delta)":\s*"(?!")')
 _HAS_USAGE = re.compile(rb'"usage":\s*\{')
 DONE = b"[DONE]"
 

@@ -3,9 +3,9 @@
     ErrorShield → BearerAuth → ConcurrencyLimit → routes:
     /health, /metrics                  open
     /v1/models                         the served names, or the engine's list (--upstream)
-    /v1/chat/completions, /v1/completions
+    /v1/chat/completions, /v1/completions, /v1/responses
         read and check the request → input guardrails → the engine (Upstream) → the answer, whole
-        (output guardrails on the whole text) or streamed (relay.py, guarded.py)
+        (output guardrails on every field, fields.py) or streamed (relay.py; guarded.py, responses.py)
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from llmprod.guardrails.types import CheckUnavailable, Guard
 from llmprod.serve.gateway.errors import (GatewayError, bad_request, from_engine, guard_unavailable, unavailable,
                                           upstream_failed)
 from llmprod.serve.gateway.middleware import BearerAuth, ConcurrencyLimit, ErrorShield, json_500
+from llmprod.serve.gateway.fields import Unguardable, check_choice, refuse_unguardable
 from llmprod.serve.gateway.requests import check_fields, input_texts, read_json
+from llmprod.serve.gateway.responses import check_response
 from llmprod.serve.metrics import GatewayMetrics
 from llmprod.serve.spec import ServeSpec
 from llmprod.serve.upstream import AiohttpUpstream, Answer, EngineState, Upstream, UpstreamError
 
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Gateway:
             Route("/v1/models", self.models, methods=["GET"]),
             Route(PATHS["chat"], partial(self.generate, "chat"), methods=["POST"]),
             Route(PATHS["completions"], partial(self.generate, "completions"), methods=["POST"]),
+            Route(PATHS["responses"], partial(self.generate, "responses"), methods=["POST"]),
             Route("/v1/{rest:path}", self.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
         app = Starlette(routes=routes, lifespan=lifespan,
@@ -103,7 +106,7 @@ class Gateway:
     # -- /v1 ------------------------------------------------------------------------------------------------
     async def not_found(self, request):
         raise GatewayError(404, f"{request.method} {request.url.path} is not served here "
-                           "(routes: /v1/chat/completions, /v1/completions, /v1/models)",
+                           "(routes: /v1/chat/completions, /v1/completions, /v1/responses, /v1/models)",
                            "invalid_request_error", "unknown_url")
 
     async def models(self, request):
@@ -148,10 +151,15 @@ class Gateway:
         texts = input_texts(route, body)
         if not self.state.up:
             raise unavailable(f"the engine is not available: {self.state.reason}")
+        if self.guard is not None and self.guard.has_output_checks:
+            refuse_unguardable(route, body)
         if self.guard is None or not self.guard.has_input_checks:
             return texts.user_context()
         if texts.opaque:
             raise bad_request("token-id prompts cannot be checked by the input guardrails; send text")
+        if texts.unreadable:
+            raise bad_request(f"the input guardrails cannot read {texts.unreadable}; send text parts",
+                              "unguarded_field")
         decision = await self.guard.check_input(texts.values)
         if decision.blocked:
             raise GatewayError(400, "the request was blocked by the input guardrails (categories: "
@@ -179,40 +187,41 @@ class Gateway:
         except ValueError:
             raise GatewayError(502, "the engine answered with something that is not JSON",
                                "upstream_error", "bad_upstream_response") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        body_key = "output" if route == "responses" else "choices"
+        if not isinstance(data, dict) or not isinstance(data.get(body_key), list):
             if isinstance(data, dict) and isinstance(data.get("error"), dict):
                 return from_engine(502, answer.content, self.state).response()  # an error sent with a 200
-            raise GatewayError(502, "the engine answered without `choices`", "upstream_error",
+            raise GatewayError(502, f"the engine answered without `{body_key}`", "upstream_error",
                                "bad_upstream_response")
         self.metrics.count_usage(route, data.get("usage"))
         if self.guard is not None and self.guard.has_output_checks:
-            await self._check_answer(route, data, context)
+            try:
+                await self._check_answer(route, data, context)
+            except Unguardable as exc:
+                raise exc.error() from None
         self.metrics.e2e.labels(route).observe(time.perf_counter() - arrived)
         return JSONResponse(data)
 
     async def _check_answer(self, route: str, data: dict, context: str) -> None:
-        """The output guardrails on each choice of a whole answer: redacted in place, or emptied with
-        finish_reason content_filter."""
-        key = "content" if route == "chat" else "text"
-        for choice in data.get("choices") or ():
-            holder = (choice.get("message") or {}) if route == "chat" else choice
-            text = holder.get(key)
-            if not isinstance(text, str) or not text:
-                continue
-            decision = await self.guard.check_output(text, context)
-            if decision.blocked:
-                holder[key] = ""
-                choice["finish_reason"] = "content_filter"
-            else:
-                holder[key] = decision.texts[0]
+        """The output guardrails on every field of every choice of a whole answer: redacted in place, or the
+        choice emptied with finish_reason content_filter (a response: marked incomplete)."""
+        if route == "responses":
+            await check_response(self.guard, data, context)
+            return
+        for choice in data["choices"]:
+            if not isinstance(choice, dict):
+                raise Unguardable("choices[]")
+            await check_choice(self.guard, choice, route == "chat", context)
 
     async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str):
         from llmprod.serve.gateway.guarded import GuardedRelay
         from llmprod.serve.gateway.relay import CancellingStream, StreamRelay
+        from llmprod.serve.gateway.responses import ResponsesRelay
 
         options = payload.get("stream_options")
         client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        if route != "responses":  # a response's usage comes in response.completed
+            payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         try:
             response = await self.upstream.stream(PATHS[route], payload)
         except UpstreamError as exc:
@@ -225,7 +234,8 @@ class Gateway:
             raise from_engine(response.status, content, self.state)
         args = (self.metrics, route, response, client_wants_usage, arrived, request_id)
         if self.guard is not None and self.guard.has_output_checks:
-            relay = GuardedRelay(*args, scanner=self.guard.output_stream(context))
+            kind = ResponsesRelay if route == "responses" else GuardedRelay
+            relay = kind(*args, guard=self.guard, context=context)
         else:
             relay = StreamRelay(*args)
         return CancellingStream(relay.run(), on_close=relay.close, media_type="text/event-stream",

@@ -12,7 +12,7 @@ from llmprod.serve.keys import CURRENT
 from llmprod.serve.metrics import GatewayMetrics
 
 # The generation routes, by path, and the route label their metrics carry.
-GENERATION = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+GENERATION = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}
 
 
 class ErrorShield:

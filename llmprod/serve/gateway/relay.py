@@ -126,6 +126,10 @@ class StreamRelay:
         if data is None:
             return event
         payload = sse.loads(data)
+        response = payload.get("response")
+        if isinstance(response, dict) and isinstance(response.get("usage"), dict):  # /v1/responses: counted only
+            self.usage = response["usage"]
+            return event
         if isinstance(payload.get("usage"), dict):
             if not self._usage(payload):
                 return None
@@ -164,8 +168,10 @@ def _ending(blob: bytes) -> str:
         return "cut"
     if not isinstance(payload, dict):
         return "cut"
-    if isinstance(payload.get("error"), dict):
+    if isinstance(payload.get("error"), dict) or payload.get("type") in ("error", "response.failed"):
         return "error"
+    if payload.get("type") in ("response.completed", "response.incomplete"):
+        return "done"
     finished = any(isinstance(c, dict) and c.get("finish_reason") for c in payload.get("choices") or ())
     return "done" if finished or isinstance(payload.get("usage"), dict) else "cut"
 

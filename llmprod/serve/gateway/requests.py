@@ -102,6 +102,7 @@ class InputTexts:
         self.values: list[str] = []
         self.roles: list[str] = []
         self.opaque = False  # a prompt of token ids: nothing a text check can read
+        self.unreadable: str | None = None  # a part of the input no text check can read, named
         self._setters: list[Callable[[str], None]] = []
 
     def add(self, text: str, role: str, setter: Callable[[str], None]) -> None:
@@ -125,9 +126,14 @@ def input_texts(route: str, body: dict) -> InputTexts:
     """Validate the request's text fields and collect the ones the input checks see.
 
     Chat: user and tool messages (the untrusted parts; the system prompt is the operator's and assistant
-    turns were checked on the way out). Completions: the prompt.
+    turns were checked on the way out). Completions: the prompt. Responses: responses.add_input_texts.
     """
     texts = InputTexts()
+    if route == "responses":
+        from llmprod.serve.gateway.responses import add_input_texts
+
+        add_input_texts(body, texts)
+        return texts
     if route == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -150,6 +156,8 @@ def input_texts(route: str, body: dict) -> InputTexts:
                         if not isinstance(part.get("text"), str):
                             raise bad_request(f"messages[{i}].content[{j}].text must be a string", "invalid_messages")
                         texts.add(part["text"], role, lambda new, p=part: p.__setitem__("text", new))
+                    elif part["type"] not in ("image_url", "input_audio", "video_url", "file"):
+                        texts.unreadable = f"messages[{i}].content[{j}] of type {part['type']}"
             else:
                 raise bad_request(f"messages[{i}].content must be a string or a list of parts ({role} messages "
                                   "carry content)", "invalid_messages")
