@@ -56,12 +56,14 @@ class ScriptedStream:
 
 
 class ScriptedUpstream:
-    """Streams answer with the scripts queued by `script(*reads)`, one per request, in order; the payloads the
-    gateway sent are kept in `requests`."""
+    """Streams answer with the scripts queued by `script(*reads)`, one per request, in order; whole answers
+    (POST without `stream`) with the bodies queued by `answer(body)`; the payloads the gateway sent are kept
+    in `requests`."""
 
     def __init__(self, base_url: str = "http://scripted.invalid") -> None:
         self.base_url = base_url
         self.scripts: list[list[bytes]] = []
+        self.answers: list[dict] = []
         self.streams: list[ScriptedStream] = []
         self.requests: list[dict] = []
 
@@ -69,9 +71,15 @@ class ScriptedUpstream:
         self.scripts.append(list(reads))
         return self
 
+    def answer(self, body: dict) -> "ScriptedUpstream":
+        self.answers.append(body)
+        return self
+
     async def call(self, method: str, path: str, payload: dict | None = None, headers: dict | None = None,
                    timeout: float | None = None) -> Answer:
         self.requests.append(payload or {})
+        if method == "POST" and self.answers:
+            return Answer(200, json.dumps(self.answers.pop(0)).encode(), "application/json")
         return Answer(200, json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]}).encode(),
                       "application/json")
 
