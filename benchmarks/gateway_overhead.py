@@ -186,6 +186,13 @@ def main() -> int:
                          "added_ttft_p99_ms": added_p99,
                          "throughput_ratio": ratio, "throughput_ratio_range": ratio_range,
                          "stream_pace_ratio": pace, "stream_pace_ratio_range": pace_range}
+        # The policy's own cost: the guarded gateway against the unguarded one, paired by round.
+        plain, guarded = (series(n, level, "output_tokens_per_s") for n in ("gateway", "gateway+default-policy"))
+        ttft_plain, ttft_guarded = (series(n, level, "ttft_ms.p50") for n in ("gateway", "gateway+default-policy"))
+        ratio, ratio_range = summary([g / p for g, p in zip(guarded, plain)])
+        added, added_range = summary([g - p for g, p in zip(ttft_guarded, ttft_plain)])
+        row["default-policy-vs-gateway"] = {"throughput_ratio": ratio, "throughput_ratio_range": ratio_range,
+                                            "added_ttft_p50_ms": added, "added_ttft_p50_ms_range": added_range}
         table.append(row)
     cpu_us_per_token = {name: {part: round(cpu[name][part] / max(cpu[name]["tokens"], 1) * 1e6, 2)
                                for part in ("engine", "gateway")} for name in targets}
@@ -210,7 +217,9 @@ def main() -> int:
                   f"{n}: {row[n]['added_ttft_p50_ms']:+.2f} ms p50 {row[n]['added_ttft_p50_ms_range']}, "
                   f"{row[n]['added_ttft_p99_ms']:+.2f} ms p99, {row[n]['throughput_ratio']:.2f}x "
                   f"{row[n]['throughput_ratio_range']}, pace {row[n]['stream_pace_ratio']:.2f}x"
-                  for n in ("gateway", "gateway+default-policy")))
+                  for n in ("gateway", "gateway+default-policy"))
+              + " | policy vs gateway: {throughput_ratio:.2f}x {throughput_ratio_range}, "
+                "{added_ttft_p50_ms:+.2f} ms p50".format(**row["default-policy-vs-gateway"]))
     print("CPU per output token (us): " + ", ".join(
         f"{name}: engine {v['engine']:.1f}, gateway {v['gateway']:.1f}" for name, v in cpu_us_per_token.items()))
     return 0

@@ -88,6 +88,10 @@ class GatewayMetrics:
                                        "One guardrail check's time for one request and stage (a stream's chunks "
                                        "summed; check=prefilter is the shared RE2 pass).",
                                        ["stage", "check"], buckets=GUARD_BUCKETS, registry=registry)
+        self.guard_fields = Counter("llmprod_guardrail_output_fields",
+                                    "Fields of generated text the output guardrails scanned, once per answer and "
+                                    "field (content, reasoning, tool_call, logprobs, text, ...).",
+                                    ["route", "field"], registry=registry)
         self.guard_errors = Counter("llmprod_guardrail_errors",
                                     "Guardrail checks that raised instead of answering; the request failed closed.",
                                     ["stage", "check"], registry=registry)

@@ -205,13 +205,18 @@ class Gateway:
     async def _check_answer(self, route: str, data: dict, context: str) -> None:
         """The output guardrails on every field of every choice of a whole answer: redacted in place, or the
         choice emptied with finish_reason content_filter (a response: marked incomplete)."""
+        fields = self.metrics.guard_fields
+
+        def on_field(field: str) -> None:
+            fields.labels(route, field).inc()
+
         if route == "responses":
-            await check_response(self.guard, data, context)
+            await check_response(self.guard, data, context, on_field)
             return
         for choice in data["choices"]:
             if not isinstance(choice, dict):
                 raise Unguardable("choices[]")
-            await check_choice(self.guard, choice, route == "chat", context)
+            await check_choice(self.guard, choice, route == "chat", context, on_field)
 
     async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str):
         from llmprod.serve.gateway.guarded import GuardedRelay

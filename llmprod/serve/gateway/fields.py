@@ -197,9 +197,19 @@ def to_logprobs(entries: list[dict], chat: bool) -> dict:
     return out
 
 
-async def check_choice(guard: Guard, choice: dict, chat: bool, context: str) -> None:
+async def check_choice(guard: Guard, choice: dict, chat: bool, context: str, on_field=None) -> None:
     """One choice of a whole answer, every field checked on its own and redacted in place; a block anywhere
-    empties the choice (no text, reasoning, tool call or logprobs) and sets finish_reason content_filter."""
+    empties the choice (no text, reasoning, tool call or logprobs) and sets finish_reason content_filter.
+    `on_field(name)`: told of each field checked (the gateway's metric)."""
+    if on_field is not None:
+        holder = choice.get("message") if chat else choice
+        for key, value in (holder.items() if isinstance(holder, dict) else ()):
+            if (key in TEXT_FIELDS or key == "text") and value:
+                on_field(key)
+            elif key in ("tool_calls", "function_call") and value:
+                on_field("tool_call")
+        if not empty(choice.get("logprobs")):
+            on_field("logprobs")
     for key, value in choice.items():
         if key not in CHOICE_KEYS and key not in ("message", "text", "logprobs") and not empty(value):
             raise Unguardable(f"choices[].{key}")

@@ -43,6 +43,7 @@ class GuardedRelay(StreamRelay):
         scanner = self.scanners.get((index, key))
         if scanner is None:
             scanner = self.scanners[(index, key)] = self.guard.output_stream(self.context)
+            self.metrics.guard_fields.labels(self.route, key).inc()
         return scanner
 
     def plain_text(self, choice) -> str | None:
@@ -267,6 +268,7 @@ class GuardedRelay(StreamRelay):
                 choice["logprobs"] = to_logprobs(before + released, self.chat)
         calls = []
         for position, call in sorted(self.calls.get(index, {}).items()):
+            self.metrics.guard_fields.labels(self.route, "tool_call").inc()
             checked = await check_tool_call(self.guard, "".join(call["name"]) or None,
                                             "".join(call["arguments"]) or None, self.context)
             if checked is None:

@@ -90,10 +90,10 @@ def add_input_texts(body: dict, texts) -> None:
             texts.unreadable = f"input[{i}] of type {kind}"
 
 
-async def check_response(guard, data: dict, context: str) -> None:
+async def check_response(guard, data: dict, context: str, on_field=None) -> None:
     """A whole response's output items, each text on its own; a block empties the output and marks the
-    response incomplete (reason content_filter)."""
-    relay = _Items(guard, context)
+    response incomplete (reason content_filter). `on_field(name)`: told of each field checked."""
+    relay = _Items(guard, context, on_field)
     try:
         for index, item in enumerate(data.get("output") or []):
             await relay.item(item, index)
@@ -112,9 +112,10 @@ class _Blocked(Exception):
 class _Items:
     """The fields of output items: a scanner per streamed field, and every whole copy made what was sent."""
 
-    def __init__(self, guard, context: str) -> None:
+    def __init__(self, guard, context: str, on_field=None) -> None:
         self.guard = guard
         self.context = context
+        self.on_field = on_field or (lambda field: None)  # told once per field scanned (the gateway's metric)
         self.scanners: dict[tuple, object] = {}
         self.sent: dict[tuple, list[str]] = {}  # field → the text sent of it
         self.finished: set[tuple] = set()
@@ -128,6 +129,7 @@ class _Items:
         scanner = self.scanners.get(key)
         if scanner is None:
             scanner = self.scanners[key] = self.guard.output_stream(self.context)
+            self.on_field(key[0])
         step = await scanner.feed(text)
         self.sent.setdefault(key, []).append(step.text)
         if step.blocked:
@@ -145,6 +147,7 @@ class _Items:
             if not whole:
                 self.sent[key] = [""]
                 return "", ""
+            self.on_field(key[0])
             decision = await self.guard.check_output(whole, self.context)
             if decision.blocked:
                 raise _Blocked("")
@@ -165,6 +168,7 @@ class _Items:
         if item is not None and call["name"] is None:
             call["name"] = item.get("name")
         if "checked" not in call:
+            self.on_field("function_call")
             arguments = "".join(call["arguments"]) or (item or {}).get("arguments") or None
             checked = await check_tool_call(self.guard, call["name"], arguments, self.context)
             if checked is None:
@@ -209,7 +213,8 @@ class ResponsesRelay(StreamRelay):
 
     def __init__(self, *args, guard, context: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.items = _Items(guard, context)
+        fields = self.metrics.guard_fields
+        self.items = _Items(guard, context, lambda field: fields.labels(self.route, field).inc())
         self.latest: dict = {"object": "response", "output": []}  # the latest response object seen
         self.done_items: dict[int, dict] = {}  # output index → the item as sent in its output_item.done
         self.sequence = 0

@@ -165,6 +165,9 @@ def test_text_of_two_fields_is_never_joined_into_one(start_gateway):
     body = request_body("chat", True, {})
     got = received("chat", httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).content, True)
     assert got["fields"] == {"reasoning0": "ask da", "content0": "[EMAIL] is the one"}
+    metrics = httpx.get(f"{url}/metrics").text
+    for field in ("reasoning", "content"):
+        assert f'llmprod_guardrail_output_fields_total{{field="{field}",route="chat"}} 1.0' in metrics
 
 
 def test_reasoning_is_not_held_back_by_a_tool_call_or_another_choice(start_gateway):
@@ -258,6 +261,10 @@ def test_responses_through_the_openai_client_streamed_and_whole(start_gateway):
     whole = client.responses.create(model=MODEL, input="mail dana")
     assert whole.output_text == "write to [EMAIL] today"
     assert whole.output[0].content[0].text == thinking
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'llmprod_guardrail_output_fields_total{field="reasoning",route="responses"} 2.0' in metrics
+    assert 'llmprod_requests_total{route="responses",status="200"} 2.0' in metrics
+    assert 'llmprod_output_tokens_total{route="responses"} 18.0' in metrics
 
 
 def test_responses_input_is_checked_like_chat(start_gateway):
@@ -272,3 +279,74 @@ def test_responses_input_is_checked_like_chat(start_gateway):
             client.responses.create(model=MODEL, input=value)
         assert err.value.body["code"] == "content_policy_violation"
     assert engine.requests == []
+
+
+RECORDED = {  # what vLLM 0.26.0 sent on the H200 (benchmarks/h200/reasoning.sh): --reasoning-parser deepseek_r1
+    "chat": "vllm-chat-reasoning.sse",
+    "responses": "vllm-responses-reasoning.sse",
+}
+
+
+def recorded_reads(route: str) -> list[bytes]:
+    from pathlib import Path
+
+    raw = (Path(__file__).parents[2] / "data" / "vllm-0.26.0" / RECORDED[route]).read_bytes()
+    return [event + b"\n\n" for event in raw.split(b"\n\n") if event.strip()]
+
+
+def reasoning_sent(route: str, raw: bytes) -> tuple[str, str]:
+    """(the reasoning text the deltas carried, how the stream ended)."""
+    events = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: {")]
+    if route == "chat":
+        text = "".join(c["choices"][0]["delta"].get("reasoning") or "" for c in events if c.get("choices"))
+        return text, raw.decode().strip().splitlines()[-1]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta")
+    return text, events[-1]["type"]
+
+
+def plant(route: str, reads: list[bytes], at: int, pieces: tuple[str, str]) -> list[bytes]:
+    """The reads with pieces[0] appended to the `at`-th reasoning delta and pieces[1] put before the next."""
+    out, seen = [], 0
+    for read in reads:
+        head, _, data = read.partition(b"data: ")
+        event = json.loads(data) if data.startswith(b"{") else None
+        holder = None
+        if event is not None and route == "chat" and event.get("choices"):
+            holder, key = event["choices"][0]["delta"], "reasoning"
+        elif event is not None and event.get("type") == "response.reasoning_text.delta":
+            holder, key = event, "delta"
+        if holder is not None and holder.get(key):
+            if seen == at:
+                holder[key] += pieces[0]
+            elif seen == at + 1:
+                holder[key] = pieces[1] + holder[key]
+            seen += 1
+            read = head + b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+        out.append(read)
+    return out
+
+
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_real_vllm_reasoning_streams_pass_whole_and_a_planted_address_is_redacted_in_every_copy(route,
+                                                                                               start_gateway):
+    reads = recorded_reads(route)
+    original, _ = reasoning_sent(route, b"".join(reads))
+    assert len(original) > 100  # random weights: all of it is reasoning
+    planted = plant(route, reads, 5, (" mail dana.lee@exa", "mple.org now "))
+    expected, _ = reasoning_sent(route, b"".join(planted))
+    assert "dana.lee@example.org" in expected
+    engine = ScriptedUpstream().script(*reads).script(*planted)
+    url, _ = start_gateway(upstream=engine, policy=policy("redact"), models={MODEL: "fake"})
+    body = request_body(route, True, {})
+    clean = httpx.post(f"{url}{PATHS[route]}", json=body, timeout=30).content
+    text, ending = reasoning_sent(route, clean)
+    assert text == original
+    assert ending == ("data: [DONE]" if route == "chat" else "response.completed")
+    guarded = httpx.post(f"{url}{PATHS[route]}", json=body, timeout=30).content
+    assert b"dana.lee" not in guarded and b"lee@exa" not in guarded
+    text, ending = reasoning_sent(route, guarded)
+    assert text == expected.replace("dana.lee@example.org", "[EMAIL]")
+    if route == "responses":  # the done events and response.completed carry what the deltas sent
+        events = [json.loads(line[6:]) for line in guarded.decode().splitlines() if line.startswith("data: {")]
+        assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
+        assert next(e for e in events if e["type"] == "response.reasoning_text.done")["text"] == text

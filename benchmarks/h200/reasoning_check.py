@@ -1,0 +1,101 @@
+"""A reasoning model's reasoning through the guarded gateway, with the official openai client, against a
+running vLLM started with --reasoning-parser:
+
+    python benchmarks/h200/reasoning_check.py http://127.0.0.1:8012 --model tiny --out DIR
+
+Starts `llmprod serve --upstream URL` with the default policy, then: chat streamed and whole, responses
+streamed and whole. Records what vLLM itself sent for the same requests (raw SSE bytes: test data for the
+gateway's scripted engine) and the gateway's /metrics, and says whether the reasoning was scanned
+(llmprod_guardrail_output_fields_total{field="reasoning"|"reasoning_text"...}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from llmprod.serve.engines import free_port
+
+
+def raw(url: str, path: str, body: dict) -> bytes:
+    with httpx.stream("POST", f"{url}{path}", json=body, timeout=120) as response:
+        return b"".join(response.iter_bytes())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("engine")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine = args.engine.rstrip("/")
+    chat = {"model": args.model, "messages": [{"role": "user", "content": "Think it over, then answer."}],
+            "max_tokens": 48, "ignore_eos": True, "stream": True}
+    respond = {"model": args.model, "input": "Think it over, then answer.", "max_output_tokens": 48,
+               "stream": True}
+    (args.out / "vllm-chat-reasoning.sse").write_bytes(raw(engine, "/v1/chat/completions", chat))
+    (args.out / "vllm-responses-reasoning.sse").write_bytes(raw(engine, "/v1/responses", respond))
+
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream", engine, "--port", str(port),
+                              "--guardrails", "default", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    report: dict = {"engine": engine, "model": args.model}
+    try:
+        ready = ""
+        while not ready.rstrip().endswith("}"):  # the ready document, indented over several lines
+            line = serve.stdout.readline()
+            if not line:
+                raise RuntimeError(f"serve did not start: {serve.stderr.read()}")
+            ready += line
+        report["ready"] = json.loads(ready)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        started = time.perf_counter()
+        reasoning, content = [], []
+        for chunk in client.chat.completions.create(model=args.model, messages=chat["messages"], max_tokens=48,
+                                                    stream=True, extra_body={"ignore_eos": True}):
+            for choice in chunk.choices:
+                extra = choice.delta.model_extra or {}
+                reasoning.append(extra.get("reasoning") or extra.get("reasoning_content") or "")
+                content.append(choice.delta.content or "")
+        report["chat_streamed"] = {"reasoning_chars": len("".join(reasoning)), "content_chars": len("".join(content)),
+                                   "reasoning_head": "".join(reasoning)[:120], "seconds": time.perf_counter() - started}
+        whole = client.chat.completions.create(model=args.model, messages=chat["messages"], max_tokens=48,
+                                               extra_body={"ignore_eos": True})
+        message = whole.choices[0].message.model_extra or {}
+        report["chat_whole"] = {"reasoning_chars": len(message.get("reasoning") or ""),
+                                "finish_reason": whole.choices[0].finish_reason}
+        kinds: dict[str, int] = {}
+        thinking = []
+        with client.responses.create(model=args.model, input=respond["input"], max_output_tokens=48,
+                                     stream=True) as stream:
+            for event in stream:
+                kinds[event.type] = kinds.get(event.type, 0) + 1
+                if event.type == "response.reasoning_text.delta":
+                    thinking.append(event.delta)
+        report["responses_streamed"] = {"events": kinds, "reasoning_chars": len("".join(thinking))}
+        answer = client.responses.create(model=args.model, input=respond["input"], max_output_tokens=48)
+        report["responses_whole"] = {"status": answer.status, "items": [item.type for item in answer.output]}
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        report["metrics"] = [line for line in metrics.splitlines()
+                             if line.startswith(("llmprod_guardrail_output_fields_total", "llmprod_requests_total",
+                                                 "llmprod_guardrail_latency_seconds_count"))]
+        report["reasoning_scanned"] = any('field="reasoning' in line for line in report["metrics"])
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+    (args.out / "reasoning-check.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("chat_streamed", "responses_streamed", "reasoning_scanned")}))
+    return 0 if report["reasoning_scanned"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
