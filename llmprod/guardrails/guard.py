@@ -139,15 +139,18 @@ class PolicyGuard:
                 raise CheckUnavailable(stage, check.name, result) from result
         return [f for found in results for f in found]
 
-    async def check_input(self, texts: list[str]) -> Decision:
+    async def check_input(self, texts: list[str], model_texts: list[str] | None = None) -> Decision:
+        """Every text through the deterministic checks; `model_texts` (default: the same) through the
+        model checks, whose verdict is on a conversation's untrusted turns (Llama Guard judges the last)."""
         timings: dict[str, float] = {}
         checks = self.deterministic("input")
         per_text = [self.scan_with(t, "input", checks, timings) for t in texts]
         findings = [f for found in per_text for f in found]
+        judged = texts if model_texts is None else model_texts
         try:
-            if not any(f.action == "block" for f in findings):
+            if judged and not any(f.action == "block" for f in findings):
                 # Model checks only when the cheap layer did not already block (deterministic first).
-                findings += await self.run_models("input", texts, texts[-1] if texts else "", timings)
+                findings += await self.run_models("input", judged, judged[-1], timings)
         finally:
             self.report("input", findings, timings)
         return Decision([redact(t, found) for t, found in zip(texts, per_text)], findings)

@@ -160,7 +160,7 @@ class Gateway:
         if texts.unreadable:
             raise bad_request(f"the input guardrails cannot read {texts.unreadable}; send text parts",
                               "unguarded_field")
-        decision = await self.guard.check_input(texts.values)
+        decision = await self.guard.check_input(texts.values, texts.untrusted())
         if decision.blocked:
             raise GatewayError(400, "the request was blocked by the input guardrails (categories: "
                                f"{', '.join(decision.categories)})", "invalid_request_error",

@@ -116,6 +116,10 @@ class InputTexts:
                 setter(new)
         self.values = list(texts)
 
+    def untrusted(self) -> list[str]:
+        """The user and tool turns: what the model checks judge (deterministic checks see every text)."""
+        return [t for t, r in zip(self.values, self.roles) if r in ("user", "tool")]
+
     def user_context(self) -> str:
         """The last user turn: what an answer is judged against."""
         users = [t for t, r in zip(self.values, self.roles) if r == "user"]
@@ -123,10 +127,11 @@ class InputTexts:
 
 
 def input_texts(route: str, body: dict) -> InputTexts:
-    """Validate the request's text fields and collect the ones the input checks see.
+    """Validate the request's text fields and collect every text that reaches the model, with its role.
 
-    Chat: user and tool messages (the untrusted parts; the system prompt is the operator's and assistant
-    turns were checked on the way out). Completions: the prompt. Responses: responses.add_input_texts.
+    Chat: every message's text, whatever its role (the client sends the system prompt and earlier assistant
+    turns too, so a check they skipped could be stepped around), assistant tool calls' arguments, and the
+    tools' descriptions. Completions: the prompt. Responses: responses.add_input_texts.
     """
     texts = InputTexts()
     if route == "responses":
@@ -142,8 +147,6 @@ def input_texts(route: str, body: dict) -> InputTexts:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise bad_request(f"messages[{i}] must be an object with a `role`", "invalid_messages")
             role, content = message["role"], message.get("content")
-            if role not in ("user", "tool"):
-                continue
             if isinstance(content, str):
                 texts.add(content, role, lambda new, m=message: m.__setitem__("content", new))
             elif isinstance(content, list):
@@ -158,9 +161,14 @@ def input_texts(route: str, body: dict) -> InputTexts:
                         texts.add(part["text"], role, lambda new, p=part: p.__setitem__("text", new))
                     elif part["type"] not in ("image_url", "input_audio", "video_url", "file"):
                         texts.unreadable = f"messages[{i}].content[{j}] of type {part['type']}"
-            else:
+            elif content is not None or role in ("user", "tool"):
                 raise bad_request(f"messages[{i}].content must be a string or a list of parts ({role} messages "
                                   "carry content)", "invalid_messages")
+            for key in ("reasoning", "reasoning_content"):  # an earlier turn's reasoning, sent back
+                if isinstance(message.get(key), str):
+                    texts.add(message[key], role, lambda new, m=message, k=key: m.__setitem__(k, new))
+            add_call_arguments(texts, message.get("tool_calls"), role)
+        add_tool_descriptions(texts, body.get("tools"))
         return texts
     prompt = body.get("prompt")
     if isinstance(prompt, str):
@@ -173,3 +181,19 @@ def input_texts(route: str, body: dict) -> InputTexts:
     else:
         raise bad_request("`prompt` must be a string or a list of strings", "invalid_prompt")
     return texts
+
+
+def add_call_arguments(texts: InputTexts, calls, role: str) -> None:
+    """The arguments of tool calls an earlier turn made, as the client sends them back."""
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            texts.add(function["arguments"], role, lambda new, f=function: f.__setitem__("arguments", new))
+
+
+def add_tool_descriptions(texts: InputTexts, tools) -> None:
+    """The descriptions of the tools offered: the chat template puts them in the prompt."""
+    for tool in tools if isinstance(tools, list) else ():
+        holder = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get("description"), str):
+            texts.add(holder["description"], "tools", lambda new, h=holder: h.__setitem__("description", new))

@@ -47,47 +47,62 @@ def refuse_unguardable_response(body: dict) -> None:
 
 
 def add_input_texts(body: dict, texts) -> None:
-    """The texts of a Responses request the input checks see: `input` (a string, or the user messages'
-    text parts and the tool results among its items). `instructions` are the operator's, like a system
-    prompt; earlier assistant items (messages, reasoning, calls) were checked on their way out."""
+    """Every text of a Responses request that reaches the model: `instructions`, `input` (a string, or its
+    items: messages of every role, function calls' arguments and results, earlier reasoning), and the
+    tools' descriptions."""
+    from llmprod.serve.gateway.requests import add_tool_descriptions
+
+    if isinstance(body.get("instructions"), str):
+        texts.add(body["instructions"], "system", lambda new: body.__setitem__("instructions", new))
     value = body.get("input")
     if isinstance(value, str):
         texts.add(value, "user", lambda new: body.__setitem__("input", new))
-        return
-    if not isinstance(value, list) or not value:
+    elif not isinstance(value, list) or not value:
         raise bad_request("`input` must be a string or a non-empty list of items", "invalid_input")
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise bad_request(f"input[{i}] must be an object", "invalid_input")
-        kind = item.get("type", "message")
-        if kind == "message":
-            role, content = item.get("role"), item.get("content")
-            if role not in ("user", "assistant", "system", "developer"):
-                raise bad_request(f"input[{i}].role must be user, assistant, system or developer", "invalid_input")
-            if role != "user":
-                continue
-            if isinstance(content, str):
-                texts.add(content, "user", lambda new, m=item: m.__setitem__("content", new))
-            elif isinstance(content, list):
-                for j, part in enumerate(content):
-                    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                        raise bad_request(f"input[{i}].content[{j}] must be an object with a `type`", "invalid_input")
-                    if part["type"] in ("input_text", "text", "output_text"):
-                        if not isinstance(part.get("text"), str):
-                            raise bad_request(f"input[{i}].content[{j}].text must be a string", "invalid_input")
-                        texts.add(part["text"], "user", lambda new, p=part: p.__setitem__("text", new))
-                    elif part["type"] not in ("input_image", "input_file", "input_audio"):
-                        texts.unreadable = f"input[{i}].content[{j}] of type {part['type']}"
-            else:
-                raise bad_request(f"input[{i}].content must be a string or a list of parts", "invalid_input")
-        elif kind == "function_call_output":
-            output = item.get("output")
-            if not isinstance(output, str):
-                texts.unreadable = f"input[{i}].output that is not a string"
-                continue
-            texts.add(output, "tool", lambda new, m=item: m.__setitem__("output", new))
-        elif kind not in ("function_call", "reasoning", "item_reference"):
-            texts.unreadable = f"input[{i}] of type {kind}"
+    else:
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise bad_request(f"input[{i}] must be an object", "invalid_input")
+            _add_item(texts, item, i)
+    add_tool_descriptions(texts, body.get("tools"))
+
+
+def _add_item(texts, item: dict, i: int) -> None:
+    kind = item.get("type", "message")
+    if kind == "message":
+        role, content = item.get("role"), item.get("content")
+        if not isinstance(role, str):
+            raise bad_request(f"input[{i}].role must be user, assistant, system or developer", "invalid_input")
+        if isinstance(content, str):
+            texts.add(content, role, lambda new, m=item: m.__setitem__("content", new))
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise bad_request(f"input[{i}].content[{j}] must be an object with a `type`", "invalid_input")
+                key = "refusal" if part["type"] == "refusal" else "text"
+                if part["type"] in ("input_text", "text", "output_text", "refusal"):
+                    if not isinstance(part.get(key), str):
+                        raise bad_request(f"input[{i}].content[{j}].{key} must be a string", "invalid_input")
+                    texts.add(part[key], role, lambda new, p=part, k=key: p.__setitem__(k, new))
+                elif part["type"] not in ("input_image", "input_file", "input_audio"):
+                    texts.unreadable = f"input[{i}].content[{j}] of type {part['type']}"
+        else:
+            raise bad_request(f"input[{i}].content must be a string or a list of parts", "invalid_input")
+    elif kind == "function_call_output":
+        if isinstance(item.get("output"), str):
+            texts.add(item["output"], "tool", lambda new, m=item: m.__setitem__("output", new))
+        else:
+            texts.unreadable = f"input[{i}].output that is not a string"
+    elif kind == "function_call":
+        if isinstance(item.get("arguments"), str):
+            texts.add(item["arguments"], "assistant", lambda new, m=item: m.__setitem__("arguments", new))
+    elif kind == "reasoning":
+        for key in ("content", "summary"):
+            for part in item.get(key) or []:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    texts.add(part["text"], "assistant", lambda new, p=part: p.__setitem__("text", new))
+    elif kind != "item_reference":
+        texts.unreadable = f"input[{i}] of type {kind}"
 
 
 async def check_response(guard, data: dict, context: str, on_field=None) -> None:

@@ -350,3 +350,51 @@ def test_real_vllm_reasoning_streams_pass_whole_and_a_planted_address_is_redacte
         events = [json.loads(line[6:]) for line in guarded.decode().splitlines() if line.startswith("data: {")]
         assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
         assert next(e for e in events if e["type"] == "response.reasoning_text.done")["text"] == text
+
+
+KEY = "AKIAIOSFODNN7EXAMPLQ"
+ASKS = [{"role": "user", "content": "go on"}]
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": json.dumps({"k": KEY})}}
+
+
+@pytest.mark.parametrize("route, where", [
+    ("chat", {"messages": [{"role": "user", "content": f"my key {KEY}"}]}),
+    ("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": KEY}]}]}),
+    ("chat", {"messages": [{"role": "system", "content": f"key {KEY}"}, *ASKS]}),
+    ("chat", {"messages": [{"role": "developer", "content": [{"type": "text", "text": KEY}]}, *ASKS]}),
+    ("chat", {"messages": [*ASKS, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                           {"role": "tool", "tool_call_id": "c1", "content": "done"}]}),
+    ("chat", {"messages": [*ASKS, {"role": "assistant", "content": f"it is {KEY}"}, *ASKS]}),
+    ("chat", {"messages": [*ASKS, {"role": "tool", "tool_call_id": "c1", "content": KEY}]}),
+    ("chat", {"messages": ASKS, "tools": [{"type": "function", "function": {"name": "f", "description": KEY}}]}),
+    ("completions", {"prompt": ["fine", f"key {KEY}"]}),
+    ("responses", {"input": f"my key {KEY}"}),
+    ("responses", {"input": "go on", "instructions": f"key {KEY}"}),
+    ("responses", {"input": [{"role": "developer", "content": KEY}, *ASKS]}),
+    ("responses", {"input": [{"role": "user", "content": [{"type": "input_text", "text": KEY}]}]}),
+    ("responses", {"input": [*ASKS, {"type": "function_call", "call_id": "c", "name": "f",
+                                     "arguments": json.dumps({"k": KEY})}]}),
+    ("responses", {"input": [*ASKS, {"type": "function_call_output", "call_id": "c", "output": KEY}]}),
+    ("responses", {"input": "go on", "tools": [{"type": "function", "name": "f", "description": KEY}]}),
+])
+def test_every_role_and_part_that_reaches_the_model_is_checked_on_the_way_in(route, where, start_gateway):
+    engine = ScriptedUpstream()
+    blocking = Policy("in", "test", input=[CheckConfig("secrets", "block", "input", {}, 1)])
+    url, _ = start_gateway(upstream=engine, policy=blocking, models={MODEL: "fake"})
+    response = httpx.post(f"{url}{PATHS[route]}", json={"model": MODEL, **where}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "content_policy_violation"
+    assert KEY not in response.text and engine.requests == []
+
+
+def test_a_redacted_system_prompt_reaches_the_engine_redacted_and_model_checks_judge_the_user_turn(start_gateway):
+    engine = ScriptedUpstream().answer(vllm.chat_whole([("content", ["ok"])]))
+    redacting = Policy("in", "test", input=[CheckConfig("pii", "redact", "input", {}, 1)])
+    url, gateway = start_gateway(upstream=engine, policy=redacting, models={MODEL: "fake"})
+    body = {"model": MODEL, "messages": [{"role": "system", "content": "write to dana.lee@example.org"},
+                                         {"role": "user", "content": "hello"}]}
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+    assert engine.requests[0]["messages"][0]["content"] == "write to [EMAIL]"
+    from llmprod.serve.gateway.requests import input_texts
+
+    assert input_texts("chat", body).untrusted() == ["hello"]

@@ -268,7 +268,7 @@ class BrokenGuard:
     def describe(self):
         return ["broken"]
 
-    async def check_input(self, texts) -> Decision:
+    async def check_input(self, texts, model_texts=None) -> Decision:
         raise KeyError(f"no such field in {texts[-1]}")
 
 
