@@ -105,7 +105,7 @@ def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fa
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_transformers_serve_engine_with_the_official_client(serve_process, tiny_model_dir, tmp_path):
-    """The real embedded engine on the tiny model: chat, completions, streaming, models, metrics."""
+    """The real embedded engine on the tiny model: chat, completions, responses, streaming, models, metrics."""
     port = free_port()
     proc, ready = serve_process(str(tiny_model_dir), "--engine", "transformers", "--port", str(port),
                               "--engine-log", str(tmp_path / "engine.log"))
@@ -121,7 +121,17 @@ def test_transformers_serve_engine_with_the_official_client(serve_process, tiny_
         pieces = [ch.choices[0].delta.content for ch in c.chat.completions.create(
             model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True) if ch.choices]
         assert len([p for p in pieces if p]) >= 2
+        # /v1/responses, whole (the engine's own default is streamed: the gateway says which) and streamed
+        answer = c.responses.create(model=name, input="Hello", max_output_tokens=8)
+        assert answer.status == "completed" and answer.output_text
+        with c.responses.create(model=name, input="Hi", max_output_tokens=8, stream=True) as stream:
+            events = list(stream)
+        assert events[-1].type == "response.completed"
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == \
+            events[-1].response.output_text
         metrics = httpx.get(ready["metrics_url"]).text
+        assert 'llmprod_requests_total{route="responses",status="200"} 2.0' in metrics
+        assert 'llmprod_guardrail_output_fields_total{field="text",route="responses"} 2.0' in metrics
         assert 'llmprod_requests_total{route="chat",status="200"} 2.0' in metrics
         assert 'llmprod_time_to_first_token_seconds_count{route="chat"} 1.0' in metrics
         assert "llmprod_output_tokens_total" in metrics

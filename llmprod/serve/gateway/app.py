@@ -126,7 +126,10 @@ class Gateway:
         try:
             body = await read_json(request, self.config.max_body_size)
             context = await self._check_input(route, body)
-            if body.get("stream"):
+            # The gateway's choice, said to the engine: OpenAI's default is whole, some engines' (transformers
+            # serve on /v1/responses) is streamed.
+            body["stream"] = bool(body.get("stream"))
+            if body["stream"]:
                 response = await self._stream(route, body, context, arrived, request.state.request_id)
                 streaming = True  # the relay counts the request when the stream ends
                 return response
