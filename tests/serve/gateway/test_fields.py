@@ -398,3 +398,16 @@ def test_a_redacted_system_prompt_reaches_the_engine_redacted_and_model_checks_j
     from llmprod.serve.gateway.requests import input_texts
 
     assert input_texts("chat", body).untrusted() == ["hello"]
+
+
+def test_responses_wants_the_key_and_stored_answers_are_not_served(start_gateway):
+    engine = ScriptedUpstream().answer(vllm.responses_whole([("content", ["hi"])]))
+    url, _ = start_gateway(upstream=engine, policy=policy("redact"), models={MODEL: "fake"}, api_key="k1")
+    body = {"model": MODEL, "input": "hello"}
+    refused = httpx.post(f"{url}/v1/responses", json=body, timeout=30)
+    assert refused.status_code == 401 and refused.json()["error"]["type"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="k1", max_retries=0)
+    assert client.responses.create(model=MODEL, input="hello").output_text == "hi"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_scripted")  # stored answers are not served: they were never checked
+    assert 'llmprod_requests_total{route="responses",status="401"} 1.0' in httpx.get(f"{url}/metrics").text
