@@ -5,12 +5,13 @@
      │    ├── NotFoundError           a model, file or directory that does not exist
      │    ├── OfflineError            something needs the network and there is none (suggests a local file)
      │    ├── ConfigError             a recipe, policy or model config that does not validate
-     │    └── MissingExtraError       an optional dependency is not installed (names the extra)
+     │    ├── MissingExtraError       an optional dependency is not installed (names the extra)
+     │    └── UsageError              the command line does not parse (unknown option, bad value, missing argument)
      ├── CheckFailed (exit 1)         the command ran and a check or gate said no (perplexity gate, ...)
      └── OperationFailed (exit 1)     the command ran and the work failed (engine crash, NaN logits, ...)
 
 Every message is one line that says what is wrong and how to fix it. Exit codes: 0 ok, 1 a check
-or an operation failed, 2 bad input or usage (Typer's own usage errors exit 2 too).
+or an operation failed, 2 bad input or usage (Typer's own usage errors become UsageErrors: cli/usage.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class OfflineError(InputError):
 
 
 class ConfigError(InputError):
+    pass
+
+
+class UsageError(InputError):
     pass
 
 

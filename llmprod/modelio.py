@@ -59,11 +59,33 @@ def resolve_model(name: str, revision: str | None = None) -> ModelRef:
     return ModelRef(name=name, local_dir=None, revision=revision)
 
 
+def offline_error(name: str) -> OfflineError:
+    """The one message every command gives for a hub id it cannot fetch because the hub is out of reach."""
+    return OfflineError(f"{name!r} is not a local directory, and the Hugging Face hub cannot be reached here "
+                        "(HF_HUB_OFFLINE is set, or there is no network)",
+                        hint=f"download it where there is a network (hf download {name} --local-dir DIR) and pass "
+                             "DIR, or unset HF_HUB_OFFLINE")
+
+
+def looks_offline(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return hub_offline() or any(w in text for w in ("offline", "connect", "resolve", "network", "timed out"))
+
+
+def check_model_source(name: str, revision: str | None = None) -> ModelRef:
+    """Before an engine starts: a local model directory, or a hub id that can be had (cached, or online)."""
+    ref = resolve_model(name, revision)
+    if ref.local_dir is None and hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+            raise offline_error(name)
+    return ref
+
+
 def _hub_error(ref: ModelRef, exc: Exception) -> InputError:
-    if hub_offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
-        return OfflineError(f"{ref.name!r} is not a local directory, and the Hugging Face hub cannot be reached "
-                            "(no network, or HF_HUB_OFFLINE=1)",
-                            hint="download it where there is a network and pass the local directory")
+    if looks_offline(exc):
+        return offline_error(ref.name)
     return NotFoundError(f"cannot load {ref.name!r} from the hub: {str(exc).splitlines()[0]}",
                          hint="check the id, the revision and your HF_TOKEN for gated models")
 

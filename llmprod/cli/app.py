@@ -8,6 +8,7 @@ import typer
 
 from llmprod import __version__
 from llmprod.cli import bench, estimate_memory, guardrails, perplexity, quantize, serve, tiny_model
+from llmprod.cli.usage import LlmprodGroup
 
 EPILOG = "\n\n".join(
     ["[bold]Examples[/bold] (each command's --help says more):"]
@@ -17,6 +18,7 @@ EPILOG = "\n\n".join(
 
 app = typer.Typer(
     name="llmprod",
+    cls=LlmprodGroup,
     help="From a Hugging Face checkpoint to a production endpoint: quantize → perplexity → "
     "estimate-memory → serve (with guardrails) → bench.",
     no_args_is_help=True,

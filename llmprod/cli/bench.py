@@ -32,7 +32,7 @@ def bench(
         "--concurrency", help="Closed loop: comma-separated stream counts (default 1,4,16,64); auto with --find-max.")] = None,
     rate: Annotated[Optional[str], typer.Option(
         "--rate", help="Open loop: comma-separated request rates (requests/s), sent whether or not earlier ones finished.")] = None,
-    arrival: Annotated[Arrival, typer.Option("--arrival", help="Open-loop arrivals: poisson, gamma or constant.")] = Arrival.poisson,
+    arrival: Annotated[Arrival, typer.Option("--arrival", case_sensitive=False, help="Open-loop arrivals: poisson, gamma or constant.")] = Arrival.poisson,
     burstiness: Annotated[float, typer.Option("--burstiness", help="Gamma arrivals' shape: 1 Poisson, <1 burstier.")] = 1.0,
     max_concurrency: Annotated[Optional[int], typer.Option(
         "--max-concurrency", help="Open loop: at most this many in flight; the wait is reported as queue time.")] = None,
@@ -45,7 +45,7 @@ def bench(
     input_tokens: Annotated[int, typer.Option("--input-tokens", help="Tokens per synthetic prompt.")] = 512,
     output_tokens: Annotated[int, typer.Option("--output-tokens", help="max_tokens of each request.")] = 128,
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Prompts: .txt (one per line) or .jsonl (prompt/text/messages).")] = None,
-    endpoint: Annotated[Endpoint, typer.Option("--endpoint", help="chat or completions.")] = Endpoint.chat,
+    endpoint: Annotated[Endpoint, typer.Option("--endpoint", case_sensitive=False, help="chat or completions.")] = Endpoint.chat,
     api_key: ApiKeyOpt = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the TTFT / tokens-per-second plot (PNG).")] = None,
     goodput: Annotated[Optional[str], typer.Option("--goodput", help="SLOs for goodput, e.g. ttft:500,tpot:50 (ms).")] = None,

@@ -7,50 +7,54 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import JsonOpt, RevisionOpt
+from llmprod.cli.options import (GpuMemoryUtilizationOpt, JsonOpt, KvCacheDtypeOpt, MaxModelLenOpt,
+                                 PipelineParallelOpt, RevisionOpt, TensorParallelOpt)
 
 EXAMPLE = ("Example: [bold]llmprod estimate-memory meta-llama/Llama-3.1-8B-Instruct --weights w4a16 --gpu L4 "
-           "--context 8192[/bold]")
+           "--max-model-len 8k[/bold]")
 
 
 def estimate_memory(
     model: Annotated[str, typer.Argument(help="A model directory, a config.json, or a hub id (fetches config.json only).",
                                          show_default=False)],
-    context: Annotated[int, typer.Option("--context", help="Tokens per sequence (vLLM's max_model_len).")] = 4096,
-    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    max_model_len: MaxModelLenOpt = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Concurrent sequences of --max-model-len tokens "
+                                       "that must fit (exit 1 when they do not).")] = 1,
     weights: Annotated[str, typer.Option("--weights", help="auto (from the checkpoint), bf16, fp16, fp8, int8, w4a16, w8a16, awq, gptq, or a quantize --scheme (w8a8-fp8, fp8-block, w8a8-int8, nvfp4a16).")] = "auto",
-    group_size: Annotated[int, typer.Option("--group-size", help="Group size of group-quantized weights.")] = 128,
-    kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="auto (the model's dtype), bf16, fp16 or fp8.")] = "auto",
+    group_size: Annotated[int, typer.Option("--group-size", min=1, help="Group size of group-quantized weights.")] = 128,
+    kv_cache_dtype: KvCacheDtypeOpt = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, RTX4090, RTX3090, B200, MI300X.")] = None,
-    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory instead of --gpu: 80GiB, 80GB, 81920MiB.")] = None,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="Share of the GPU vLLM may use [default: the vLLM release's].", show_default=False)] = None,
-    kv_cache_memory: Annotated[Optional[str], typer.Option("--kv-cache-memory", help="KV cache budget per GPU, as vLLM's flag (skips the GPU arithmetic).")] = None,
-    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")] = 16,
-    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="vLLM's scheduler token budget per step.")] = 8192,
+    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory instead of --gpu, with its unit: 80GiB, 80GB, 81920MiB.")] = None,
+    gpu_memory_utilization: GpuMemoryUtilizationOpt = None,
+    kv_cache_memory: Annotated[Optional[str], typer.Option("--kv-cache-memory", help="vLLM's --kv-cache-memory: the KV cache budget per GPU, with its unit (skips the GPU arithmetic).")] = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+    pipeline_parallel_size: PipelineParallelOpt = None,
+    block_size: Annotated[int, typer.Option("--block-size", min=1, help="vLLM's --block-size: tokens per KV block.")] = 16,
+    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", min=1, help="vLLM's scheduler token budget per step.")] = 8192,
     revision: RevisionOpt = None,
     vllm_version: Annotated[Optional[str], typer.Option("--vllm-version", help="Plan with this vLLM release's defaults [default: the vLLM on PATH or --vllm-bin, else the newest llmprod knows].", show_default=False)] = None,
     vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The vLLM whose release decides the defaults.")] = None,
     vllm_log: Annotated[Optional[Path], typer.Option("--vllm-log", help="A `vllm serve` output: plan with its settings and set each figure beside vLLM's.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Estimate GPU memory (weights + KV cache + overhead) as vLLM would allocate it."""
+    """Estimate GPU memory (weights + KV cache + overhead) as vLLM would allocate it; exit 1 when it does not fit."""
     from llmprod.cli.exits import command_output
 
     with command_output(json_output) as out:
         from dataclasses import replace
 
+        from llmprod.errors import CheckFailed
         from llmprod.memory.plan import MemorySpec, estimate, which_vllm
         from llmprod.memory.sizes import parse_size
 
         spec = MemorySpec(
-            model=model, context=context, batch=batch, weights=weights, group_size=group_size,
-            kv_cache_dtype=kv_cache_dtype, gpu=gpu,
+            model=model, context=max_model_len, batch=batch, weights=weights, group_size=group_size,
+            kv_cache_dtype=kv_cache_dtype or "auto", gpu=gpu,
             gpu_memory_bytes=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None,
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=parse_size(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory else None,
-            tp=tp, pp=pp, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens, revision=revision,
+            tp=tensor_parallel_size or 1, pp=pipeline_parallel_size or 1, block_size=block_size,
+            max_num_batched_tokens=max_num_batched_tokens, revision=revision,
         )
         if vllm_log is not None:  # the log names its release and settings
             from llmprod.memory.versus import estimate_against_log
@@ -60,6 +64,8 @@ def estimate_memory(
             version, version_from = which_vllm(vllm_version, vllm_bin)
             result = estimate(replace(spec, vllm_version=version, vllm_version_from=version_from))
         out.result(result, lambda console: _render(console, result))
+        if not result["fits"]:  # a gate: CI fails on the exit code, no JSON parsing needed
+            raise CheckFailed(result["reason"])
 
 
 def _render(console, r: dict) -> None:
@@ -93,12 +99,14 @@ def _render(console, r: dict) -> None:
     kv.add_row(f"maximum concurrency for {r['context']:,} tokens per request", f"{r['max_concurrency']:.2f}x")
     kv.add_row(f"longest context at batch {r['batch']}", f"{r['max_context']:,} tokens")
     paging = r["paging"]
-    kv.add_row("contiguous reservation of the full context", format_bytes(paging["contiguous_bytes"]))
-    kv.add_row("PagedAttention blocks for this load", format_bytes(paging["paged_bytes"]))
+    kv.add_row(f"reserved contiguously: {r['batch']} × {r['context']:,} tokens × KV bytes per token",
+               format_bytes(paging["contiguous_bytes"]))
+    kv.add_row(f"PagedAttention: {r['batch']} × {r['blocks_per_request']:,} blocks (sliding layers: their window)",
+               format_bytes(paging["paged_bytes"]))
     console.print(kv)
     verdict = "[green]fits[/green]" if r["fits"] else "[red]does not fit[/red]"
-    console.print(f"{r['batch']} × {r['context']:,} tokens {verdict}; largest batch at this context: "
-                  f"{r['max_batch']}; longest context at batch {r['batch']}: {r['max_context']:,}")
+    console.print(f"{verdict}: {r['reason']}; largest batch at this length: {r['max_batch']}; "
+                  f"longest context at batch {r['batch']}: {r['max_context']:,}")
     for w in r.get("what_if", []):
         console.print(f"  what if {w['change']}: {w['kv_cache_tokens']:,} tokens, concurrency "
                       f"{w['max_concurrency']:.2f}x, longest context {w['max_context']:,}")

@@ -27,7 +27,7 @@ def scan(
     file: Annotated[str, typer.Argument(help=".txt (one text per line), .jsonl (a `text` field), or - for stdin "
                                              "(one text per line).", show_default=False)],
     policy: PolicyOpt = "default",
-    stage: Annotated[Stage, typer.Option("--stage", help="Apply the policy's input or output checks.")] = Stage.input,
+    stage: Annotated[Stage, typer.Option("--stage", case_sensitive=False, help="Apply the policy's input or output checks.")] = Stage.input,
     json_output: JsonOpt = False,
 ) -> None:
     """Run a policy over a file of texts and report each verdict and finding."""

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.cli.exits import command_output
-from llmprod.cli.options import ApiKeyOpt, Device, DeviceOpt, JsonOpt, ModelArg, RevisionOpt
+from llmprod.cli.options import (ApiKeyOpt, Device, DeviceOpt, GpuMemoryUtilizationOpt, JsonOpt, ModelArg,
+                                 RevisionOpt, TensorParallelOpt)
 from llmprod.errors import CheckFailed, InputError
 
 EXAMPLE = ("Example: [bold]llmprod perplexity llama-awq --baseline meta-llama/Llama-3.2-1B-Instruct "
@@ -41,8 +42,8 @@ def perplexity(
     served_model_name: Annotated[Optional[str], typer.Option(
         "--served-model-name", help="With --upstream: the name the server uses for MODEL (default MODEL).")] = None,
     vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The vllm executable for --engine vllm.")] = None,
-    tensor_parallel_size: Annotated[Optional[int], typer.Option(
-        "--tensor-parallel-size", help="--engine vllm: GPUs per model.")] = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+    gpu_memory_utilization: GpuMemoryUtilizationOpt = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Served engines: windows in flight.")] = 8,
     api_key: ApiKeyOpt = None,
     json_output: JsonOpt = False,
@@ -61,6 +62,7 @@ def perplexity(
             raise InputError("--baseline-upstream goes with --upstream", hint="add --upstream, or drop it")
         batch = _batch_size(batch_size)
         served = dict(engine=engine, vllm_bin=vllm_bin, tensor_parallel_size=tensor_parallel_size,
+                      gpu_memory_utilization=gpu_memory_utilization,
                       concurrency=concurrency, api_key=api_key)
         specs = [PerplexitySpec(model, dataset, seq_len, stride, max_tokens, batch, device.value, dtype, revision,
                                 upstream=upstream, served_model_name=served_model_name, **served)]

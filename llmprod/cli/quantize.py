@@ -42,16 +42,16 @@ def quantize(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (created atomically).")],
     method: Annotated[Optional[Method], typer.Option(
-        "--method", help="gptq, awq or rtn (round to nearest, no data). Default: the scheme's only one.")] = None,
+        "--method", case_sensitive=False, help="gptq, awq or rtn (round to nearest, no data). Default: the scheme's only one.")] = None,
     scheme: Annotated[Optional[SchemeChoice], typer.Option(
-        "--scheme", help="Weight/activation format. Default w4a16.")] = None,
+        "--scheme", case_sensitive=False, help="Weight/activation format. Default w4a16.")] = None,
     bits: Annotated[Optional[int], typer.Option("--bits", help="4 or 8: shorthand for --scheme w4a16 / w8a16.")] = None,
     smoothquant: Annotated[Optional[float], typer.Option(
         "--smoothquant", metavar="STRENGTH",
         help="SmoothQuant's strength (0-1) before the quantizer, for w8a8-int8 (0.8 there by default with GPTQ; 0: off).",
     )] = None,
     kv_cache_scheme: Annotated[Optional[KvCacheScheme], typer.Option(
-        "--kv-cache-scheme", help="fp8: calibrated KV cache scales, for vLLM's --kv-cache-dtype fp8.")] = None,
+        "--kv-cache-scheme", case_sensitive=False, help="fp8: calibrated KV cache scales, for vLLM's --kv-cache-dtype fp8.")] = None,
     gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel calibration over N GPUs of this host (torchrun).")] = 1,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (recipe, calibration, memory, time) without loading the weights.")] = False,
@@ -60,7 +60,7 @@ def quantize(
         Optional[bool],
         typer.Option("--symmetric/--asymmetric", help="Zero points or not. Default: GPTQ symmetric, AWQ asymmetric."),
     ] = None,
-    format: Annotated[Format, typer.Option("--format", help="compressed-tensors (llm-compressor) or awq (AutoAWQ GEMM).")] = Format.compressed_tensors,
+    format: Annotated[Format, typer.Option("--format", case_sensitive=False, help="compressed-tensors (llm-compressor) or awq (AutoAWQ GEMM).")] = Format.compressed_tensors,
     recipe: RecipeOpt = None,
     dataset: Annotated[Optional[str], typer.Option(
         "--dataset", help="pile-val (default), wikitext2, c4, ultrachat, or a .txt/.jsonl/.parquet file.")] = None,

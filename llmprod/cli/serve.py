@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.bundled import RECIPES, names
-from llmprod.cli.options import ApiKeyOpt, JsonOpt
+from llmprod.cli.options import (GpuMemoryUtilizationOpt, JsonOpt, KvCacheDtypeOpt, MaxModelLenOpt, ServeApiKeyOpt,
+                                 TensorParallelOpt)
 from llmprod.serve.spec import EngineOptions, ServeSpec
 
 DEFAULTS = ServeSpec()
@@ -30,18 +31,18 @@ def serve(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(help="Hub id or local directory to serve (omit with --upstream).",
                                                    show_default=False)] = None,
-    engine: Annotated[Engine, typer.Option("--engine", help="auto: vLLM when it and a GPU are present, else the "
+    engine: Annotated[Engine, typer.Option("--engine", case_sensitive=False, help="auto: vLLM when it and a GPU are present, else the "
                                            "embedded transformers engine.")] = Engine(DEFAULTS.engine),
     upstream: Annotated[Optional[str], typer.Option("--upstream", help="Front an OpenAI-compatible engine that is "
                                                     "already running; start none.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address the gateway binds (loopback unless you say so).")]
     = DEFAULTS.host,
-    port: Annotated[int, typer.Option("--port", help="Gateway port.")] = DEFAULTS.port,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Gateway port.")] = DEFAULTS.port,
     guardrails: Annotated[Optional[str], typer.Option("--guardrails", help="A guardrail policy YAML, or a bundled "
                                                       f"one: {', '.join(names(RECIPES / 'guardrails'))} (default: "
                                                       "default).")] = None,
     no_guardrails: Annotated[bool, typer.Option("--no-guardrails", help="Check nothing.")] = False,
-    api_key: ApiKeyOpt = None,
+    api_key: ServeApiKeyOpt = None,
     api_keys: Annotated[Optional[Path], typer.Option(
         "--api-keys", help="A file of client keys (one per line, or YAML with name, key or sha256, "
         "requests_per_minute, tokens_per_minute); reloaded on SIGHUP.")] = None,
@@ -51,12 +52,10 @@ def serve(
     = f"{DEFAULTS.max_body_size >> 20}MiB",
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds the engine may stay silent "
                                                    "before 504.")] = DEFAULTS.request_timeout,
-    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", help="vLLM: context length.")] = None,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization",
-                                                                    help="vLLM: fraction of GPU memory to use.")] = None,
-    kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="vLLM: e.g. fp8.")] = None,
-    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size",
-                                                                help="vLLM: GPUs per replica.")] = None,
+    max_model_len: MaxModelLenOpt = None,
+    gpu_memory_utilization: GpuMemoryUtilizationOpt = None,
+    kv_cache_dtype: KvCacheDtypeOpt = None,
+    tensor_parallel_size: TensorParallelOpt = None,
     vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The `vllm` executable of vLLM's own "
                                                     "environment.")] = None,
     served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients use "

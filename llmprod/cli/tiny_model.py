@@ -32,7 +32,7 @@ def tiny_model(
         typer.Option("--texts", help="Also write calibration.txt (training topics) and eval.txt (held out) here."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    kind: Annotated[Kind, typer.Option("--kind", help="llama: the model to quantize and serve; llama-guard / "
+    kind: Annotated[Kind, typer.Option("--kind", case_sensitive=False, help="llama: the model to quantize and serve; llama-guard / "
                                        "prompt-guard: random-weight guard models with the real architectures, "
                                        "for trying a sandwich policy offline.")] = Kind.llama,
     json_output: JsonOpt = False,

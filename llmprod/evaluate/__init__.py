@@ -28,6 +28,7 @@ class PerplexitySpec:
     served_model_name: str | None = None
     vllm_bin: str | None = None
     tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None  # --engine vllm: vLLM's flag, passed on
     concurrency: int = 8  # windows in flight on a served engine
     api_key: str | None = None
 
@@ -40,8 +41,9 @@ class PerplexitySpec:
             raise InputError(f"unknown --engine {self.engine!r}", hint="use transformers or vllm")
         if self.upstream and self.engine == "vllm":
             raise InputError("--engine vllm launches vLLM; --upstream uses one that is serving", hint="drop one")
-        if not self.served and (self.vllm_bin or self.tensor_parallel_size):
-            raise InputError("--vllm-bin and --tensor-parallel-size apply to --engine vllm", hint="add --engine vllm")
+        if self.engine != "vllm" and (self.vllm_bin or self.tensor_parallel_size or self.gpu_memory_utilization):
+            raise InputError("--vllm-bin, --tensor-parallel-size and --gpu-memory-utilization apply to --engine vllm",
+                             hint="add --engine vllm")
         if self.concurrency < 1:
             raise InputError("--concurrency must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
@@ -160,7 +162,8 @@ def _measure_served(spec: PerplexitySpec, on_progress: ProgressFn | None) -> Per
         served = Served(root, spec.served_model_name or spec.model, f"{root} (--upstream)", api_key=spec.api_key)
     else:
         engine, served = launch_vllm(spec.model, spec.seq_len, spec.vllm_bin, spec.tensor_parallel_size,
-                                     Path(tempfile.gettempdir()) / "llmprod")
+                                     Path(tempfile.gettempdir()) / "llmprod",
+                                     gpu_memory_utilization=spec.gpu_memory_utilization)
     try:
         total_nll, seconds = served_nll(served, ids, plan, spec.concurrency, on_progress)
     finally:

@@ -110,7 +110,7 @@ def served_nll(served: Served, ids: Sequence[int], plan: WindowPlan, concurrency
 
 
 def launch_vllm(model: str, seq_len: int, vllm_bin: str | None, tensor_parallel_size: int | None,
-                log_dir: Path, timeout: float = 900.0):
+                log_dir: Path, timeout: float = 900.0, gpu_memory_utilization: float | None = None):
     """Start `vllm serve MODEL` as `llmprod serve --engine vllm` does; (EngineProcess, Served). The caller stops it."""
     from llmprod.serve.engines import EngineProcess, free_port, vllm_command
     from llmprod.serve.spec import EngineOptions
@@ -122,7 +122,8 @@ def launch_vllm(model: str, seq_len: int, vllm_bin: str | None, tensor_parallel_
         raise InputError("--engine vllm, but no vllm executable is on PATH",
                          hint="install vLLM (it needs a GPU), pass --vllm-bin, or use --engine transformers")
     # vLLM refuses a prompt whose length plus max_tokens exceeds --max-model-len: a window and the one token.
-    options = EngineOptions(max_model_len=seq_len + 1, tensor_parallel_size=tensor_parallel_size)
+    options = EngineOptions(max_model_len=seq_len + 1, tensor_parallel_size=tensor_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization)
     command = vllm_command(path, model, "scored", free_port(), options, "--engine vllm")
     engine = EngineProcess(command, log_dir / f"perplexity-vllm-{command.port}.log")
     engine.start()

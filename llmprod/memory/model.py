@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmprod.errors import ConfigError, NotFoundError, OfflineError
-from llmprod.modelio import is_hub_id
+from llmprod.errors import ConfigError, NotFoundError
+from llmprod.modelio import is_hub_id, looks_offline, offline_error
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
 _UNSIZABLE = ("mamba", "linear_attention", "conv", "recurrent", "ssm", "gated_delta")
@@ -77,9 +77,10 @@ def load_config(model: str, revision: str | None = None) -> tuple[dict[str, Any]
 
         return _read_json(Path(hf_hub_download(model, "config.json", revision=revision))), None
     except Exception as exc:  # offline with nothing cached, gated, or missing
-        raise OfflineError(f"cannot get config.json of {model!r} from the hub or its cache: "
-                           f"{str(exc).splitlines()[0][:200]}",
-                           hint="pass a local directory or config.json, or check the network and HF_TOKEN") from exc
+        if looks_offline(exc):
+            raise offline_error(model) from exc
+        raise NotFoundError(f"cannot get config.json of {model!r} from the hub: {str(exc).splitlines()[0][:300]}",
+                            hint="check the id, the revision and HF_TOKEN (for gated models)") from exc
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -11,11 +11,17 @@ from llmprod.memory.kvcache import (KVGroups, LayerSpec, cdiv, full_attention_by
                                     layer_specs, max_context, pp_layer_counts, stage_layers)
 from llmprod.memory.model import DTYPE_BYTES, ModelShape, load_config, model_shape
 from llmprod.memory.releases import NEWEST, VllmRelease, release_for
-from llmprod.memory.sizes import GiB, gpu_memory
+from llmprod.memory.sizes import GiB, format_bytes, gpu_memory
 from llmprod.memory.weights import (estimate_weights, safetensors_from_hub, safetensors_tensors,
                                     weight_format)
 
-KV_DTYPES = {"auto": None, "bf16": 2, "fp16": 2, "fp8": 1}
+# vLLM 0.26.0's --kv-cache-dtype values (its CacheDType), our short names for two of them, and the bytes per
+# cached element estimate-memory plans with: the scaled and packed formats are served, not yet modelled here.
+VLLM_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
+                        "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc",
+                        "int4_per_token_head", "int8_per_token_head", "fp8_per_token_head", "nvfp4")
+KV_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16"}
+KV_DTYPES = {"auto": None, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 # vLLM's sampler warm-up runs this many sequences' logits in float32 during memory profiling.
 MAX_NUM_SEQS = 256
 # Not measurable from a config: the memory of captured CUDA graphs with vLLM's default capture sizes
@@ -26,7 +32,7 @@ CUDA_GRAPH_BYTES = int(1.0 * GiB)
 @dataclass(frozen=True)
 class MemorySpec:
     model: str
-    context: int = 4096
+    context: int | None = None  # vLLM's max_model_len; None: the model's length, as vLLM defaults
     batch: int = 1
     weights: str = "auto"
     group_size: int = 128
@@ -44,21 +50,27 @@ class MemorySpec:
     vllm_version_from: str = "the newest release llmprod knows"
 
     def validate(self) -> None:
-        for name, value in (("--context", self.context), ("--batch", self.batch), ("--tp", self.tp),
-                            ("--pp", self.pp), ("--block-size", self.block_size),
-                            ("--max-num-batched-tokens", self.max_num_batched_tokens)):
-            if value < 1:
+        for name, value in (("--max-model-len", self.context), ("--batch", self.batch),
+                            ("--tensor-parallel-size", self.tp), ("--pipeline-parallel-size", self.pp),
+                            ("--block-size", self.block_size), ("--max-num-batched-tokens", self.max_num_batched_tokens)):
+            if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise InputError(f"--gpu-memory-utilization {self.gpu_memory_utilization} must be in (0, 1]",
                              hint="leave it out for the vLLM release's default")
         if self.kv_cache_dtype not in KV_DTYPES:
-            raise InputError(f"unknown --kv-cache-dtype {self.kv_cache_dtype!r}", hint="use auto, bf16, fp16 or fp8")
+            raise InputError(f"estimate-memory does not model --kv-cache-dtype {self.kv_cache_dtype} yet",
+                             hint=f"plan with one of {', '.join(KV_DTYPES)}; serve passes any of vLLM's values on")
         if self.gpu and self.gpu_memory_bytes:
             raise InputError("--gpu and --gpu-memory both given", hint="give one of them")
+
+    def check_memory(self) -> None:
+        """After the model (the first thing to get right): something to plan against."""
         if self.kv_cache_memory_bytes is None and not (self.gpu or self.gpu_memory_bytes):
             raise InputError("no memory to plan against",
                              hint="pass --gpu NAME, --gpu-memory SIZE, or --kv-cache-memory SIZE")
+        if self.gpu:
+            gpu_memory(self.gpu)  # an unknown name lists the known ones
 
 
 def which_vllm(version: str | None, vllm_bin: str | None) -> tuple[str, str]:
@@ -83,13 +95,19 @@ def estimate(spec: MemorySpec) -> dict[str, Any]:
     spec.validate()
     config, directory = load_config(spec.model, spec.revision)
     shape = model_shape(config)
-    limit = shape.max_position_embeddings or spec.context
-    if spec.context > limit:
-        raise InputError(f"--context {spec.context} is longer than the model's {limit} positions",
-                         hint=f"use --context {limit} or less (vLLM refuses a longer max_model_len)")
+    limit = shape.max_position_embeddings
+    if spec.context is None:
+        if not limit:
+            raise InputError("the model's config.json gives no max_position_embeddings",
+                             hint="pass --max-model-len TOKENS")
+        spec = replace(spec, context=limit)
+    elif limit and spec.context > limit:
+        raise InputError(f"--max-model-len {spec.context} is longer than the model's {limit} positions",
+                         hint=f"use --max-model-len {limit} or less (vLLM refuses a longer one)")
+    spec.check_memory()
     if shape.num_heads % spec.tp:
-        raise InputError(f"--tp {spec.tp} does not divide the model's {shape.num_heads} attention heads",
-                         hint="vLLM needs the heads split evenly; try a divisor of the head count")
+        raise InputError(f"--tensor-parallel-size {spec.tp} does not divide the model's {shape.num_heads} attention "
+                         "heads", hint="vLLM needs the heads split evenly; try a divisor of the head count")
     kv_bytes = kv_cache_bytes(spec.kv_cache_dtype, shape)
     release, note = release_for(spec.vllm_version)
     result = _estimate(spec, shape, config, directory, kv_bytes, release, whatifs=True)
@@ -150,7 +168,7 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         plans.append((specs, group_layers(specs)))
     specs, groups = max(plans, key=lambda p: sum(s.page_bytes for s in p[0]))
 
-    budget, budget_lines = _kv_budget(spec, shape, weights_bytes, release)
+    budget, budget_lines, usable = _kv_budget(spec, shape, weights_bytes, release)
     in_flight = release.batches_in_flight(shape, spec.pp) * spec.max_num_batched_tokens
     num_blocks = groups.num_blocks(budget)
     concurrency = groups.max_concurrency(num_blocks, spec.context, in_flight)
@@ -186,6 +204,7 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         "max_batch": int(math.floor(concurrency)),
         "max_context": longest,
         "fits": budget > 0 and concurrency >= spec.batch,
+        "reason": _reason(spec, budget, usable, weights_bytes, concurrency, per_request_blocks, num_blocks),
         "tp": spec.tp,
         "pp": spec.pp,
         "layers_per_stage": counts,
@@ -210,7 +229,7 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
                release: VllmRelease) -> tuple[int, list[dict[str, Any]]]:
     if spec.kv_cache_memory_bytes is not None:
         return spec.kv_cache_memory_bytes, [{"item": "KV cache (--kv-cache-memory)", "bytes": spec.kv_cache_memory_bytes,
-                                             "how": "given, per GPU, as vLLM's flag of the same name"}]
+                                             "how": "given, per GPU, as vLLM's flag of the same name"}], None
     if spec.gpu:
         label, total, source = gpu_memory(spec.gpu)
     else:
@@ -237,8 +256,26 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
          f"(about {CUDA_GRAPH_BYTES / GiB:.0f} GiB more than the utilization share)"},
     ]
     budget = usable - weights_bytes - activation - non_torch - graphs
-    lines.append({"item": "= KV cache", "bytes": max(0, budget), "how": "what vLLM gives the block pool"})
-    return max(0, budget), lines
+    lines.append({"item": "= KV cache", "bytes": max(0, budget),
+                  "how": "what vLLM gives the block pool" if budget > 0 else
+                  f"none: the lines above leave {format_bytes(-budget)} too little"})
+    return max(0, budget), lines, usable
+
+
+def _reason(spec: MemorySpec, budget: int, usable: int | None, weights: int, concurrency: float,
+            per_request_blocks: int, num_blocks: int) -> str:
+    """One line: why it fits or not, in the figures that decide it."""
+    if usable is not None and weights > usable:
+        return (f"weights alone need {format_bytes(weights)} of the {format_bytes(usable)} budget "
+                f"(GPU memory × utilization) on each GPU")
+    if budget <= 0:
+        return (f"weights ({format_bytes(weights)}) and vLLM's overhead leave no KV cache in the "
+                f"{format_bytes(usable or 0)} budget on each GPU")
+    need = f"{spec.batch} × {spec.context:,} tokens"
+    if concurrency < spec.batch:
+        return (f"{need} need {spec.batch * per_request_blocks:,} KV blocks; the KV cache holds {num_blocks:,} "
+                f"(concurrency {concurrency:.2f}x at {spec.context:,} tokens)")
+    return f"{need} fit: concurrency {concurrency:.2f}x at {spec.context:,} tokens"
 
 
 def _activation_peak(spec: MemorySpec, shape: ModelShape) -> int:
@@ -267,15 +304,14 @@ def _layer_summary(shape: ModelShape) -> dict[str, int]:
 def _paging(spec: MemorySpec, shape: ModelShape, specs: list[LayerSpec], groups: KVGroups,
             in_flight: int) -> dict[str, Any]:
     """PagedAttention against reserving every sequence's full context contiguously, for this load."""
-    model_len = shape.max_position_embeddings or spec.context
     per_token_full = full_attention_bytes_per_token(specs)
-    contiguous = spec.batch * model_len * per_token_full
+    contiguous = spec.batch * spec.context * per_token_full
     paged = spec.batch * groups.blocks_per_request(spec.context, in_flight) * groups.page_bytes * groups.group_size
     return {
         "contiguous_bytes": contiguous,
         "paged_bytes": paged,
         "saved_bytes": contiguous - paged,
-        "how": f"contiguous: {spec.batch} × {model_len} positions × {per_token_full} B reserved up front; "
+        "how": f"contiguous: {spec.batch} × {spec.context} tokens × {per_token_full} B reserved up front; "
                f"paged: blocks of {spec.block_size} tokens for {spec.context} tokens each, sliding layers "
                "keeping only their window",
     }
@@ -288,7 +324,7 @@ def _what_ifs(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         options.append(("--kv-cache-dtype fp8", replace(spec, kv_cache_dtype="fp8"), 1))
     next_tp = spec.tp * 2
     if shape.num_heads % next_tp == 0:
-        options.append((f"--tp {next_tp}", replace(spec, tp=next_tp), kv_bytes))
+        options.append((f"--tensor-parallel-size {next_tp}", replace(spec, tp=next_tp), kv_bytes))
     out = []
     for label, alt, alt_kv in options:
         r = _estimate(alt, shape, config, directory, alt_kv, release, whatifs=False)

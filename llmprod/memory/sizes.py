@@ -13,14 +13,44 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def parse_size(text: str, option: str = "size") -> int:
-    """'80GiB' = 80 * 2**30, '80GB' = 80 * 10**9, '81920MiB'; a bare number is bytes."""
+    """'80GiB' = 80 * 2**30, '80GB' = 80 * 10**9, '81920MiB', '4096B'. A bare number is refused: "80" could
+    mean 80 GiB or 80 bytes, and reading it as bytes only leads to a confusing "does not fit"."""
     m = _SIZE.match(text)
-    unit = (m.group(2) or "b").lower() if m else ""
+    unit = m.group(2).lower() if m else ""
+    if m and not unit:
+        raise InputError(f"{option} {text!r} has no unit",
+                         hint=f"write it with one, e.g. {m.group(1)}GiB (2^30 bytes), {m.group(1)}GB (10^9 bytes) "
+                              f"or {m.group(1)}B")
     if not m or unit not in _UNITS:
         raise InputError(f"{option} {text!r} is not a size",
                          hint="write it like 80GiB (2^30 bytes), 80GB (10^9 bytes) or 81920MiB")
     return int(float(m.group(1)) * _UNITS[unit])
+
+
+_COUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)([kKmMgG]?)\s*$")
+_COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_tokens(text: str, option: str = "--max-model-len") -> int:
+    """A token count as vLLM reads one: 8k = 8,000 and 8K = 8,192 (m/M, g/G likewise); a decimal only with
+    a lowercase (decimal) suffix, as in 25.6k."""
+    m = _COUNT.match(text)
+    if not m or ("." in m.group(1) and m.group(2) not in "kmg") or ("." in m.group(1) and not m.group(2)):
+        raise InputError(f"{option} {text!r} is not a token count",
+                         hint="a whole number, or with vLLM's suffixes: 8k = 8,000, 8K = 8,192, 1m, 1M")
+    value = int(float(m.group(1)) * _COUNT_UNITS[m.group(2)])
+    if value < 1:
+        raise InputError(f"{option} {text!r} must be at least 1 token")
+    return value
 
 
 # Total memory in MiB. vLLM sizes against the total CUDA reports (torch.cuda.mem_get_info), which can be

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from llmprod.errors import InputError
-from llmprod.memory.plan import MemorySpec, estimate
+from llmprod.memory.plan import KV_DTYPES, MemorySpec, estimate
 from llmprod.memory.sizes import GiB
 from llmprod.vllm import StartupLog, parse_startup
 
-_KV_DTYPES = {"auto": "auto", "bfloat16": "bf16", "float16": "fp16", "fp8": "fp8", "fp8_e4m3": "fp8",
-              "fp8_e5m2": "fp8"}
 _NEEDED = ("max_model_len", "kv_cache_gib", "kv_cache_tokens", "total_gib", "gpu_memory_utilization")
 
 
@@ -40,10 +38,10 @@ def spec_from_log(spec: MemorySpec, log: StartupLog) -> MemorySpec:
     if spec.gpu or spec.gpu_memory_bytes or spec.kv_cache_memory_bytes is not None:
         raise InputError("--vllm-log gives the GPU's memory and vLLM's KV cache budget",
                          hint="drop --gpu, --gpu-memory and --kv-cache-memory")
-    kv = _KV_DTYPES.get(log.kv_cache_dtype or "auto")
-    if kv is None:
-        raise InputError(f"the log's kv_cache_dtype {log.kv_cache_dtype!r} is not one llmprod plans",
-                         hint="estimate-memory plans auto, bf16, fp16 and fp8 KV caches")
+    kv = log.kv_cache_dtype or "auto"
+    if kv not in KV_DTYPES:
+        raise InputError(f"the log's kv_cache_dtype {kv!r} is not one llmprod plans",
+                         hint=f"estimate-memory plans {', '.join(KV_DTYPES)}")
     return replace(spec, context=log.max_model_len, kv_cache_dtype=kv, tp=log.tensor_parallel_size or 1,
                    pp=log.pipeline_parallel_size or 1, gpu_memory_utilization=log.gpu_memory_utilization,
                    gpu_memory_bytes=int(log.total_gib * GiB), vllm_version=log.version or spec.vllm_version,

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmprod import __version__, interrupts
-from llmprod.errors import InputError, LlmprodError, OfflineError, OperationFailed, require
+from llmprod.errors import InputError, LlmprodError, NotFoundError, OperationFailed, require
 from llmprod.libraryoutput import library_output
-from llmprod.modelio import ModelRef, resolve_model
+from llmprod.modelio import ModelRef, looks_offline, offline_error, resolve_model
 from llmprod.quantize import calibration
 from llmprod.quantize.backends import BACKENDS, QuantizeJob
 from llmprod.quantize.recipes import recipe_dict
@@ -57,16 +57,17 @@ def source_directory(ref: ModelRef) -> tuple[Path, str | None]:
     if ref.local_dir is not None:
         return ref.local_dir, None
     if hub_offline():
-        raise OfflineError(f"{ref.name!r} is not a local directory, and the Hugging Face hub is offline here",
-                           hint="download the model where there is a network and pass its directory")
+        raise offline_error(ref.name)
     hub = require("huggingface_hub", "model")
     try:
         path = Path(hub.snapshot_download(ref.name, revision=ref.revision,
                                           allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
                                                           "*.jinja", "*.py"]))
     except Exception as exc:  # hub errors: offline, gated, missing
-        raise OfflineError(f"cannot download {ref.name!r}: {str(exc).splitlines()[0]}",
-                           hint="check the id, your network and HF_TOKEN (for gated models)") from exc
+        if looks_offline(exc):
+            raise offline_error(ref.name) from exc
+        raise NotFoundError(f"cannot download {ref.name!r}: {str(exc).splitlines()[0][:300]}",
+                            hint="check the id, the revision and HF_TOKEN (for gated models)") from exc
     return path, path.name
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from llmprod.errors import ConfigError
+from llmprod.errors import ConfigError, InputError
 from llmprod.memory.kvcache import pp_layer_counts
 from llmprod.memory.model import model_shape
 from llmprod.memory.plan import MemorySpec, estimate
-from llmprod.memory.sizes import GiB, parse_size
+from llmprod.memory.sizes import GiB, parse_size, parse_tokens
 
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "model-configs"
 
@@ -133,7 +133,7 @@ def test_fp8_kv_halves_the_cache_and_doubles_concurrency():
     assert fp8["kv_cache_tokens"] == 2 * base["kv_cache_tokens"]
     what_if = {w["change"]: w for w in base["what_if"]}
     assert what_if["--kv-cache-dtype fp8"]["kv_cache_tokens"] == fp8["kv_cache_tokens"]
-    assert "--tp 2" in what_if
+    assert "--tensor-parallel-size 2" in what_if
 
 
 def test_awq_checkpoint_weights_from_its_quantization_config():
@@ -156,8 +156,8 @@ def test_gpu_budget_is_itemised_and_sums():
 
 def test_paging_reserves_less_than_contiguous_allocation():
     r = plan("meta-llama__Llama-3.1-8B-Instruct", context=4096, batch=8, kv_cache_memory_bytes=10 * GiB)
-    # contiguous: every sequence reserves the model's full 131,072 positions
-    assert r["paging"]["contiguous_bytes"] == 8 * 131_072 * 131_072
+    # contiguous: every sequence reserves its whole --max-model-len up front
+    assert r["paging"]["contiguous_bytes"] == 8 * 4096 * 131_072
     assert r["paging"]["paged_bytes"] == 8 * (4096 // 16) * 65_536 * 32
 
 
@@ -168,9 +168,21 @@ def test_pipeline_split_matches_vllm():
 
 
 @pytest.mark.parametrize("text,expected", [("80GiB", 80 * 2**30), ("80GB", 80 * 10**9), ("81920MiB", 80 * 2**30),
-                                           ("1.5GiB", int(1.5 * 2**30)), ("1024", 1024)])
+                                           ("1.5GiB", int(1.5 * 2**30)), ("1024B", 1024)])
 def test_sizes(text, expected):
     assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [("8k", 8000), ("8K", 8192), ("32768", 32768), ("25.6k", 25_600),
+                                           ("1m", 10**6), ("1M", 2**20)])
+def test_token_counts_as_vllm_reads_them(text, expected):
+    assert parse_tokens(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1.5K", "8kb", "0", "1.5", "eight"])
+def test_token_counts_vllm_would_refuse(text):
+    with pytest.raises(InputError):
+        parse_tokens(text)
 
 
 def test_state_space_layers_are_refused(tmp_path):
@@ -194,7 +206,14 @@ def test_cli_bad_inputs(cli, tmp_path):
     assert "80GiB" in _bad(cli, llama, "--gpu-memory", "eighty")
     assert "no memory to plan against" in _bad(cli, llama)
     assert "131072 positions" in _bad(cli, llama, "--gpu", "H100", "--context", "200000")
+    assert "131072 positions" in _bad(cli, llama, "--gpu", "H100", "--max-model-len", "200K")
     assert "does not divide" in _bad(cli, llama, "--gpu", "H100", "--tp", "3")
+    assert "does not divide" in _bad(cli, llama, "--gpu", "H100", "-tp", "3")
+    assert "has no unit" in _bad(cli, llama, "--gpu-memory", "80")
+    assert "not a token count" in _bad(cli, llama, "--gpu", "H100", "--max-model-len", "8kb")
+    assert "does not model --kv-cache-dtype nvfp4" in _bad(cli, llama, "--gpu", "H100", "--kv-cache-dtype", "NVFP4")
+    assert "not one of vLLM's" in _bad(cli, llama, "--gpu", "H100", "--kv-cache-dtype", "int3")
+    assert "no such file" in _bad(cli, str(tmp_path / "nope"))  # the model first, before asking for a GPU
     assert "no such file" in _bad(cli, str(tmp_path / "nope"), "--gpu", "H100")
     assert "hub" in _bad(cli, "some-org/some-model", "--gpu", "H100")  # offline, nothing cached
     (tmp_path / "config.json").write_text("{not json")
@@ -237,3 +256,21 @@ def test_chunked_local_attention_llama_4_pattern(tmp_path):
     assert r["blocks_per_request"] == 3 * 1536 + 4096
     assert r["max_concurrency"] == pytest.approx(32_768 / 8704)
     assert r["kv_cache_tokens"] == int(32_768 / 8704 * 65_536)
+
+
+def test_the_gate_exits_1_with_the_reason_and_keeps_the_json(cli):
+    llama70 = cfg("meta-llama__Llama-3.1-70B-Instruct")
+    result = cli("estimate-memory", llama70, "--gpu", "H100", "--json")
+    assert result.exit_code == 1
+    doc = result.json()
+    assert doc["fits"] is False and doc["context"] == 131_072  # vLLM's default: the model's length
+    assert doc["reason"].startswith("weights alone need 131.")
+    assert result.stderr.strip() == f"error: {doc['reason']}"
+    llama8 = cfg("meta-llama__Llama-3.1-8B-Instruct")
+    crowded = cli("estimate-memory", llama8, "--gpu", "L4", "--max-model-len", "32k", "--batch", "8")
+    assert crowded.exit_code == 1 and "KV blocks; the KV cache holds" in crowded.stderr
+    fits = cli("estimate-memory", llama8, "--gpu", "H200", "--max-model-len", "8K", "--batch", "8",
+               "--kv-cache-dtype", "FP8_E4M3", "--tensor-parallel-size", "2", "--json")
+    assert fits.exit_code == 0, fits.stderr
+    doc = fits.json()
+    assert (doc["context"], doc["tp"], doc["fits"]) == (8192, 2, True) and doc["reason"].startswith("8 × 8,192")
