@@ -37,6 +37,14 @@ class ModelRef:
         return str(self.local_dir) if self.local_dir is not None else self.name
 
 
+def share_modes(directory: Path) -> None:
+    """A model directory written in a private temporary directory (mkdtemp is 0700, and transformers writes
+    model.safetensors 0600) gets the ordinary modes, so whoever serves it can read it: 0755 and 0644."""
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def is_hub_id(name: str) -> bool:
     """Shaped like `org/name` (what the hub accepts), not a path."""
     return not name.startswith((".", "/", "~")) and _HUB_ID.match(name) is not None

@@ -105,11 +105,48 @@ class Output:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn)
 
+        if not self.json_mode and not self.stderr.is_terminal:
+            # A log or a CI job: no live bar to redraw, so a plain line now and then says it is still working.
+            yield LineProgress(self.stderr)
+            return
         cols = columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn())
         disable = self.json_mode
         with Progress(*cols, console=self.stderr, transient=transient, disable=disable) as progress:
             yield progress
+
+
+class LineProgress:
+    """Rich's Progress calls (add_task, update) as a line on stderr at most every `every` seconds."""
+
+    def __init__(self, console: "Console", every: float = 5.0) -> None:
+        import time
+
+        self.console, self.every, self.clock = console, every, time.monotonic
+        self.started = self.last = self.clock()
+        self.tasks: dict[int, Any] = {}
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        from types import SimpleNamespace
+
+        started = self.clock()
+        task = SimpleNamespace(description=description, total=total, completed=0, started=started)
+        task.elapsed = 0.0
+        self.tasks[len(self.tasks)] = task
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, **fields: Any) -> None:
+        task = self.tasks[task_id]
+        for key in ("description", "total", "completed"):
+            if key in fields:
+                setattr(task, key, fields[key])
+        now = self.clock()
+        task.elapsed = now - task.started
+        if now - self.last < self.every:
+            return
+        self.last = now
+        done = f" {task.completed:,.0f}/{task.total:,.0f}" if task.total else ""
+        self.console.print(f"{task.description}{done} ({now - self.started:.0f} s)", markup=False, highlight=False)
 
 
 def _escape(text: str) -> str:

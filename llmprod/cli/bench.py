@@ -104,6 +104,12 @@ def _render(console, result: dict) -> None:
                      "queue_ms": "server: queued"}[key]
             table.add_row(label, *(fmt(stats[k]) for k in ("p50", "p90", "p99", "mean")))
         console.print(table)
+        over = [key for key, stats in (lv.get("server") or {}).items()
+                if key in lv and stats.get("p50") is not None and stats["p50"] > lv[key]["p50"]]
+        if over:
+            console.print("[dim]a server figure above the client's: the server's percentiles are interpolated within "
+                          "its histogram buckets (as Prometheus' histogram_quantile does), the client's are exact; "
+                          "the bucket, not the server, is the difference[/dim]")
         if not lv["usage_reported"] and lv["requests"]:
             console.print("[dim]the server reported no usage: output tokens counted as text chunks[/dim]")
     if result.get("search"):

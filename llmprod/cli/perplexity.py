@@ -83,6 +83,11 @@ def perplexity(
                                     description=f"perplexity of {spec.model}{rate}")
 
                 results.append(measure_perplexity(spec, on_progress))
+        for result in results:
+            if result.tokens_dropped > 0.1 * result.total_tokens:
+                out.warn(f"{result.tokens_dropped:,} of the {result.total_tokens:,} tokens of {result.dataset} "
+                         f"({result.tokens_dropped / result.total_tokens:.0%}) did not fill a window of --seq-len "
+                         f"{seq_len} and were not scored; a smaller --seq-len scores more of it")
         data = results[0].to_dict()
         verdict = None
         if baseline:

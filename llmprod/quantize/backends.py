@@ -80,8 +80,7 @@ class LlmCompressorBackend:
     name = "compressed-tensors"
     library = "llmcompressor"
     uses_llmcompressor = True
-    serves_as = ("compressed-tensors (pack-quantized); vLLM detects it from config.json and serves it with its "
-                 "Marlin/Machete kernels")
+    serves_as = "compressed-tensors ({stored_as}); vLLM reads the format from config.json"
 
     def validate(self, recipe: dict) -> None:
         """The library's own whole-recipe validation (AWQ needs a quantizer after it)."""
@@ -168,7 +167,7 @@ class AutoAWQBackend:
     name = "awq"
     library = "autoawq"
     uses_llmcompressor = False
-    serves_as = "AWQ GEMM (legacy AutoAWQ format); vLLM serves it with awq_marlin"
+    serves_as = "AWQ GEMM (legacy AutoAWQ format); vLLM loads it as awq_marlin"
 
     def validate(self, recipe: dict) -> None:
         pass  # the settings are checked by QuantizeSpec.validate: AutoAWQ takes no recipe

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from llmprod import __version__, interrupts
 from llmprod.errors import InputError, LlmprodError, NotFoundError, OperationFailed, require
 from llmprod.libraryoutput import library_output
-from llmprod.modelio import ModelRef, looks_offline, offline_error, resolve_model
+from llmprod.modelio import ModelRef, looks_offline, offline_error, resolve_model, share_modes
 from llmprod.quantize import calibration
 from llmprod.quantize.backends import BACKENDS, QuantizeJob
 from llmprod.quantize.recipes import recipe_dict
@@ -267,6 +267,7 @@ def reload_check(path: Path) -> dict[str, Any]:
 
 
 def _replace_output(workdir: Path, output: Path) -> None:
+    share_modes(workdir)
     if output.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.llmprod-old-", dir=output.parent))
         output.rename(trash / "old")
@@ -279,13 +280,16 @@ def _replace_output(workdir: Path, output: Path) -> None:
             shutil.rmtree(trash, ignore_errors=True)
     else:
         workdir.rename(output)
-    output.chmod(0o755)
 
 
 def model_card(spec: QuantizeSpec, manifest: dict[str, Any]) -> str:
     s = spec.settings
     name = spec.output.name
-    fmt = BACKENDS[spec.format].serves_as
+    info = s.info
+    fmt = BACKENDS[spec.format].serves_as.format(stored_as=info.stored_as)
+    if info.hopper_kernel:
+        fmt += (f"; on Hopper vLLM 0.26.0 runs it with {info.hopper_kernel}, as measured on an H200; "
+                f"elsewhere: {info.hardware}")
     if s.info.grouped:
         weights = (f"{s.bits}-bit integer, group size {s.group_size}, "
                    f"{'symmetric' if s.symmetric else 'asymmetric (zero points)'}")

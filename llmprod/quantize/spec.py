@@ -28,6 +28,9 @@ class Scheme:
     bits: int
     grouped: bool = False  # takes --group-size and --symmetric
     hardware: str = ""
+    stored_as: str = ""  # compressed-tensors' format name in config.json
+    # The linear kernel vLLM 0.26.0 picked for it on an H200, from its start-up log (tests/data/vllm-0.26.0/)
+    hopper_kernel: str = ""
 
     @property
     def weight_only(self) -> bool:
@@ -36,17 +39,23 @@ class Scheme:
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("w4a16", "4-bit integer", None, None, ("gptq", "awq", "rtn"), 4, grouped=True,
-           hardware="Marlin/Machete kernels, any NVIDIA GPU from Turing on"),
+           hardware="Marlin/Machete kernels, any NVIDIA GPU from Turing on", stored_as="pack-quantized",
+           hopper_kernel="Machete (MacheteLinearKernel)"),
     Scheme("w8a16", "8-bit integer", None, None, ("gptq", "awq", "rtn"), 8, grouped=True,
-           hardware="Marlin/Machete kernels, any NVIDIA GPU from Turing on"),
+           hardware="Marlin/Machete kernels, any NVIDIA GPU from Turing on", stored_as="pack-quantized",
+           hopper_kernel="Machete (MacheteLinearKernel)"),
     Scheme("w8a8-int8", "8-bit integer, per output channel", "8-bit integer, dynamic per token", "W8A8",
-           ("gptq", "rtn"), 8, hardware="INT8 tensor cores, Ampere and later"),
+           ("gptq", "rtn"), 8, hardware="INT8 tensor cores, Ampere and later", stored_as="int-quantized",
+           hopper_kernel="CUTLASS INT8 scaled-mm (CutlassInt8ScaledMMLinearKernel)"),
     Scheme("w8a8-fp8", "FP8 E4M3, per output channel", "FP8 E4M3, dynamic per token", "FP8_DYNAMIC",
-           ("rtn",), 8, hardware="FP8 tensor cores: Hopper, Ada, Blackwell (Ampere runs it weight-only via Marlin)"),
+           ("rtn",), 8, hardware="FP8 tensor cores: Hopper, Ada, Blackwell (Ampere runs it weight-only via Marlin)",
+           stored_as="float-quantized", hopper_kernel="CUTLASS FP8 scaled-mm (CutlassFP8ScaledMMLinearKernel)"),
     Scheme("fp8-block", "FP8 E4M3, 128x128 blocks", "FP8 E4M3, dynamic per token group of 128", "FP8_BLOCK",
-           ("rtn",), 8, hardware="FP8 tensor cores: Hopper, Ada, Blackwell"),
+           ("rtn",), 8, hardware="FP8 tensor cores: Hopper, Ada, Blackwell", stored_as="float-quantized",
+           hopper_kernel="DeepGEMM FP8 block-scaled (DeepGemmFp8BlockScaledMMKernel)"),
     Scheme("nvfp4a16", "FP4 E2M1, groups of 16 (FP8 scales, one global scale)", None, "NVFP4A16",
-           ("rtn",), 4, hardware="Blackwell FP4 tensor cores; Hopper and Ampere serve it weight-only via Marlin"),
+           ("rtn",), 4, hardware="Blackwell FP4 tensor cores; Hopper and Ampere serve it weight-only via Marlin",
+           stored_as="nvfp4-pack-quantized", hopper_kernel="Marlin FP4 (MarlinNvFp4LinearKernel)"),
 )}
 # --bits is shorthand for the weight-only integer schemes.
 BITS_SCHEMES = {4: "w4a16", 8: "w8a16"}

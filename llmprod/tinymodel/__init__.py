@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from llmprod.modelio import share_modes
+
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, START_HEADER, END_HEADER, EOT]
@@ -139,7 +141,7 @@ def build_tiny_model(
             "torch": torch.__version__,
         }
         (tmp / "tiny-model.json").write_text(json.dumps(report, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+        share_modes(tmp)
         if dest.exists():
             dest.rmdir()
         tmp.rename(dest)

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from llmprod.modelio import share_modes
+
 # Llama Guard answers "safe" or "unsafe" as single tokens of its vocabulary (ids 19193 and 39257 in Llama 3's).
 VERDICT_TOKENS = ["unsafe", "safe"]
 
@@ -25,7 +27,7 @@ def _write_atomically(dest: Path, write) -> dict:
     try:
         report = write(tmp)
         (tmp / "tiny-model.json").write_text(json.dumps({**report, "path": str(dest)}, indent=2) + "\n")
-        tmp.chmod(0o755)
+        share_modes(tmp)
         if dest.exists():
             dest.rmdir()
         tmp.rename(dest)

@@ -87,3 +87,27 @@ def test_module_level_fx_wraps_are_kept():
         assert (id(exec_namespace), "llmprod_test_fn") not in registry
     finally:
         registry.pop(module_key, None)
+
+
+# scheme → the checkpoint of that scheme whose vLLM 0.26.0 start-up on an H200 is recorded in tests/data
+RECORDED = {"w4a16": "gptq-w4a16", "w8a16": "gptq-w8a16", "w8a8-fp8": "w8a8-fp8", "fp8-block": "fp8-block",
+            "w8a8-int8": "w8a8-int8", "nvfp4a16": "nvfp4a16"}
+
+
+@pytest.mark.parametrize("scheme", list(RECORDED))
+def test_the_model_cards_format_and_kernel_are_what_vllm_logged(scheme):
+    """The card says the format config.json declares and the kernel vLLM picked on Hopper, not a guess."""
+    import json
+    import re
+    from pathlib import Path
+
+    from llmprod.quantize.spec import SCHEMES
+    from llmprod.vllm import parse_startup
+
+    data = Path(__file__).parents[1] / "data" / "vllm-0.26.0"
+    info = SCHEMES[scheme]
+    config = json.loads((data / f"llama-3.1-8b-{RECORDED[scheme]}.json").read_text())
+    assert config["quantization_config"]["format"] == info.stored_as
+    log = parse_startup((data / f"llama-3.1-8b-{RECORDED[scheme]}-4k.log").read_text())
+    kernel = re.search(r"\((\w+)\)", info.hopper_kernel).group(1)
+    assert any(k.startswith(kernel + " ") for k in log.kernels), log.kernels

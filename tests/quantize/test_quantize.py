@@ -106,7 +106,13 @@ def test_checkpoint_is_complete_and_says_how_it_was_made(quantized):
     assert manifest["reload_check"]["finite_logits"] is True
     # The tiny model is float32 and its 1,024 x 128 embeddings and head are a third of it and stay 32-bit.
     assert doc["size_bytes_after"] < doc["size_bytes_before"] * (0.5 if doc["bits"] == 4 else 0.6)
-    assert "vllm serve" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "vllm serve" in card
+    if doc["format"] != "awq":  # the card names the format config.json declares, and its Hopper kernel
+        assert f"compressed-tensors ({qc['format']})" in card
+        assert ("CUTLASS FP8" in card) == (doc["scheme"] == "w8a8-fp8")
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir() if p.is_file()} == \
+        {p.name: "0o644" for p in out.iterdir() if p.is_file()}  # every file readable by the serving user
 
 
 @pytest.mark.slow

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llmprod.guardrails.types import CheckUnavailable, Guard
 from llmprod.serve.gateway.errors import (GatewayError, bad_request, from_engine, guard_unavailable, unavailable,
                                           upstream_failed)
 from llmprod.serve.gateway.middleware import BearerAuth, ConcurrencyLimit, ErrorShield, json_500
+from llmprod.serve.gateway.relay import model_renamer
 from llmprod.serve.gateway.fields import Unguardable, check_choice, refuse_unguardable
 from llmprod.serve.gateway.requests import check_fields, input_texts, read_json
 from llmprod.serve.gateway.responses import check_response
@@ -125,15 +126,17 @@ class Gateway:
         status, streaming = 500, False
         try:
             body = await read_json(request, self.config.max_body_size)
+            asked = body.get("model")
             context = await self._check_input(route, body)
+            rename = model_renamer(body["model"], asked) if self.config.models is not None else None
             # The gateway's choice, said to the engine: OpenAI's default is whole, some engines' (transformers
             # serve on /v1/responses) is streamed.
             body["stream"] = bool(body.get("stream"))
             if body["stream"]:
-                response = await self._stream(route, body, context, arrived, request.state.request_id)
+                response = await self._stream(route, body, context, arrived, request.state.request_id, rename)
                 streaming = True  # the relay counts the request when the stream ends
                 return response
-            response = await self._complete(route, body, context, arrived)
+            response = await self._complete(route, body, context, arrived, rename)
             status = response.status_code
             return response
         except GatewayError as exc:
@@ -179,10 +182,12 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failed(exc, self.state, self.config.request_timeout) from None
 
-    async def _complete(self, route: str, payload: dict, context: str, arrived: float):
+    async def _complete(self, route: str, payload: dict, context: str, arrived: float, rename=None):
         from starlette.responses import JSONResponse
 
         answer = await self._call("POST", PATHS[route], payload)
+        if rename is not None:
+            answer = replace(answer, content=rename(answer.content))
         if answer.status != 200:
             return from_engine(answer.status, answer.content, self.state).response()
         try:
@@ -221,7 +226,7 @@ class Gateway:
                 raise Unguardable("choices[]")
             await check_choice(self.guard, choice, route == "chat", context, on_field)
 
-    async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str):
+    async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str, rename=None):
         from llmprod.serve.gateway.guarded import GuardedRelay
         from llmprod.serve.gateway.relay import CancellingStream, StreamRelay
         from llmprod.serve.gateway.responses import ResponsesRelay
@@ -246,5 +251,6 @@ class Gateway:
             relay = kind(*args, guard=self.guard, context=context)
         else:
             relay = StreamRelay(*args)
+        relay.rename = rename
         return CancellingStream(relay.run(), on_close=relay.close, media_type="text/event-stream",
                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

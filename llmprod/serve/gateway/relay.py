@@ -8,6 +8,7 @@ relay (guarded.py) is this relay with the output scanner between the reads and t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import AsyncIterator
 
@@ -33,6 +34,7 @@ class StreamRelay:
         self.first_text_at: float | None = None
         self.last_text_at: float | None = None
         self.status = "200"
+        self.rename = None  # bytes -> bytes: the engine's model name in the answer → the one the client asked for
         self.stopped = False  # the gateway ended the stream itself (blocked, or failed): read no further
         self.text_in_batch = False
         self.usage: dict | None = None
@@ -53,6 +55,8 @@ class StreamRelay:
         try:
             last = b""
             async for blob in sse.blobs(self.response.chunks()):
+                if self.rename is not None:
+                    blob = self.rename(blob)
                 self.text_in_batch = False
                 last = blob
                 out = await self.batch(blob)
@@ -174,6 +178,16 @@ def _ending(blob: bytes) -> str:
         return "done"
     finished = any(isinstance(c, dict) and c.get("finish_reason") for c in payload.get("choices") or ())
     return "done" if finished or isinstance(payload.get("usage"), dict) else "cut"
+
+
+def model_renamer(engine_name: str, client_name: str):
+    """bytes → bytes: `"model": "<engine name>"` (with a revision suffix such as transformers serve's "@main")
+    made the name the client asked for, in every event of an answer."""
+    import re
+
+    pattern = re.compile(rb'"model":\s*"' + re.escape(json.dumps(engine_name)[1:-1].encode()) + rb'(?:@[^"\\]*)?"')
+    replacement = b'"model":' + json.dumps(client_name).encode()
+    return lambda blob: pattern.sub(lambda _m: replacement, blob)
 
 
 def set_text(payload: dict, text: str, chat: bool) -> None:

@@ -411,3 +411,18 @@ def test_responses_wants_the_key_and_stored_answers_are_not_served(start_gateway
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_scripted")  # stored answers are not served: they were never checked
     assert 'llmprod_requests_total{route="responses",status="401"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_answers_name_the_model_as_the_client_asked_not_as_the_engine_did(streamed, start_gateway):
+    answer = vllm.chat_whole([("content", ["hi"])])
+    answer["model"] = "/models/q-fp8@main"  # transformers serve adds the revision
+    reads = [r.replace(b'"model":"scripted"', b'"model":"/models/q-fp8@main"')
+             for r in vllm.chat_stream([("content", ["hi"])])]
+    engine = ScriptedUpstream().script(*reads).answer(answer)
+    url, _ = start_gateway(upstream=engine, models={"q-fp8": "/models/q-fp8"})
+    body = {"model": "q-fp8", "messages": ASKS, "stream": streamed}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert b"@main" not in response.content and b"/models/" not in response.content
+    assert b'"model":"q-fp8"' in response.content.replace(b" ", b"")
+    assert engine.requests[-1]["model"] == "/models/q-fp8"
