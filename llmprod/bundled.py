@@ -1,7 +1,8 @@
 """Data shipped inside the package (quantization recipes, guardrail policies), found by path or by name.
 
-They live in `llmprod/recipes/` and are read through `importlib.resources`, so a wheel install finds them
-as a checkout does.
+They live in `recipes/` at the repository root, the one source; the wheel carries them as the package
+`llmprod.recipes` (pyproject.toml maps it), read through `importlib.resources`. A checkout (an editable
+install) reads the root's folder itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from pathlib import Path
 
 from llmprod.errors import ConfigError, NotFoundError
 
-RECIPES: Traversable = files("llmprod") / "recipes"
+def _recipes() -> Traversable:
+    packaged = files("llmprod") / "recipes"
+    if packaged.is_dir():  # an installed wheel
+        return packaged
+    return Path(__file__).resolve().parents[1] / "recipes"  # a checkout
+
+
+RECIPES: Traversable = _recipes()
 
 
 def find_bundled(name_or_path: str | Path, folder: Traversable, what: str) -> Path | Traversable:

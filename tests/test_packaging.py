@@ -56,3 +56,13 @@ def test_a_wheel_in_a_fresh_virtualenv_finds_its_recipes_and_policies(tmp_path):
     assert "awq-w4a16, fp8-block, gptq-w4a16, gptq-w8a16, nvfp4a16, w8a8-fp8" in helped.stdout
     version = subprocess.run([str(llmprod_bin), "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert version.stdout.strip() == f"llmprod {llmprod.__version__}"
+
+
+def test_every_package_of_the_tree_is_in_the_wheels_list():
+    """pyproject.toml lists the packages (recipes/ is mapped into the wheel): a new one must be added there."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "llmprod").rglob("__init__.py")}
+    assert listed == found | {"llmprod.recipes"}
+    assert not (ROOT / "llmprod" / "recipes").exists()  # one source: the root's recipes/

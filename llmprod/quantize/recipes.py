@@ -31,7 +31,7 @@ BUNDLED = RECIPES / "quantize"
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A path, or the name of a bundled recipe (`awq-w4a16` for llmprod/recipes/quantize/awq-w4a16.yaml)."""
+    """A path, or the name of a bundled recipe (`awq-w4a16` for recipes/quantize/awq-w4a16.yaml)."""
     return find_bundled(name_or_path, BUNDLED, "recipe")
 
 
