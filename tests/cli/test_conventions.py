@@ -115,3 +115,26 @@ def test_console_script_and_module_agree():
                                capture_output=True, text=True, env=env)
     assert by_module.returncode == by_script.returncode == 0
     assert by_module.stdout == by_script.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_cli_reference_in_docs_is_current():
+    """docs/cli.md is generated from --help: when an option changes, the docs are regenerated with it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "cli_reference.py"), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_readme_and_docs_have_no_table_cell_over_200_characters():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if line.startswith("|"):
+                longest = max(len(cell.strip()) for cell in line.strip().strip("|").split("|"))
+                assert longest <= 200, f"{page.name}:{number} has a table cell of {longest} characters"
+    assert len((root / "README.md").read_text().splitlines()) < 120  # a newcomer reads it in five minutes
