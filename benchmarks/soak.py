@@ -208,8 +208,11 @@ def run(minutes: float, streams: int, kill_every: float, seed: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     port = free_port()
-    cmd = [sys.executable, "-m", "llmprod", "serve", "./soak", "--engine", "vllm", "--vllm-bin", str(fake_vllm(work)),
-           "--api-keys", str(keys_file(work)), "--served-model-name", "soak", "--port", str(port), "--max-body-size", str(MAX_BODY),
+    (work / "soak").mkdir()
+    (work / "soak" / "config.json").write_text("{}")  # a model directory for serve's check; the engine is fake
+    cmd = [sys.executable, "-m", "llmprod", "serve", str(work / "soak"), "--engine", "vllm",
+           "--vllm-bin", str(fake_vllm(work)), "--api-keys", str(keys_file(work)), "--served-model-name", "soak",
+           "--port", str(port), "--max-body-size", f"{MAX_BODY}B",
            "--request-timeout", "30", "--grace-period", "10", "--engine-log", str(work / "engine.log"), "--json"]
     serve = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(work / "serve.err", "w"), text=True)
     buffer = ""

@@ -24,6 +24,10 @@ PLAIN = {
     "Input should be a valid number": "expected a number",
     "Input should be a valid boolean, unable to interpret input": "expected true or false",
 }
+_BOUNDS = [(re.compile(r"Input should be less than or equal to (\S+)"), r"must be at most \1"),
+           (re.compile(r"Input should be greater than or equal to (\S+)"), r"must be at least \1"),
+           (re.compile(r"Input should be less than (\S+)"), r"must be less than \1"),
+           (re.compile(r"Input should be greater than (\S+)"), r"must be more than \1")]
 _OPTION = re.compile(r"Invalid value for '([^']+)'")
 
 
@@ -32,6 +36,8 @@ def usage_error(exc: Exception, args: Sequence[str]) -> UsageError:
     message = " ".join(exc.format_message().split())
     for words, plain in PLAIN.items():
         message = message.replace(words, plain)
+    for pattern, plain in _BOUNDS:
+        message = pattern.sub(plain, message)
     found = _OPTION.search(message)
     if found:
         value = _value_of(found.group(1), args)

@@ -179,16 +179,16 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
     """Check everything, start the engine (or check --upstream), serve until SIGINT/SIGTERM, stop cleanly.
     `on_ready(document)` once the gateway listens: what it serves, where, and what the guardrails enforce."""
     spec.validate()
-    if spec.model:  # a path or hub id the engine could not load fails here, in a second, not after its start
-        from llmprod.modelio import check_model_source
-
-        check_model_source(spec.model)
     policy = read_policy(spec)
     upstream_url = server_root(spec.upstream, "--upstream") if spec.upstream else None
     keys = key_ring(spec)
     if keys is not None and spec.workers > 1 and keys.limited:
         raise InputError("--api-keys with per-minute limits needs --workers 1: each gateway process would "
                          "keep its own buckets", hint="drop the limits from the file, or the --workers")
+    if spec.model:  # a path or hub id the engine could not load fails here, in a second, not after its start
+        from llmprod.modelio import check_model_source
+
+        check_model_source(spec.model)
     sock = bind_port(spec.host, spec.port)
     shared = tempfile.mkdtemp(prefix="llmprod-metrics-") if spec.workers > 1 else None
     try:

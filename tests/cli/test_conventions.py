@@ -138,3 +138,17 @@ def test_readme_and_docs_have_no_table_cell_over_200_characters():
                 longest = max(len(cell.strip()) for cell in line.strip().strip("|").split("|"))
                 assert longest <= 200, f"{page.name}:{number} has a table cell of {longest} characters"
     assert len((root / "README.md").read_text().splitlines()) < 120  # a newcomer reads it in five minutes
+
+
+def test_progress_in_a_log_is_a_line_now_and_then(capsys):
+    """Where stderr is no terminal (CI, a log file) a live bar shows nothing: plain lines say it is working."""
+    from llmprod.output import LineProgress, Output
+
+    out = Output()
+    with out.progress() as progress:
+        assert isinstance(progress, LineProgress)
+        progress.every = 0
+        task = progress.add_task("training", total=10)
+        progress.update(task, completed=4, description="training (loss 2.500)")
+    assert "training (loss 2.500) 4/10" in capsys.readouterr().err
+    assert progress.tasks[task].elapsed >= 0  # what perplexity's rate reads

@@ -116,9 +116,12 @@ def test_auto_batch_gives_wider_models_fewer_windows_a_pass():
 
 @pytest.mark.slow
 def test_max_tokens_caps_the_text(cli, trained_model_dir, eval_text_file):
-    doc = cli("perplexity", trained_model_dir, "--dataset", eval_text_file, "--seq-len", 256,
-              "--max-tokens", 1000, "--json").json()
+    result = cli("perplexity", trained_model_dir, "--dataset", eval_text_file, "--seq-len", 256, "--max-tokens", 1000,
+                 "--json")
+    doc = result.json()
     assert doc["total_tokens"] == 1000 and doc["windows"] == 3 and doc["tokens_dropped"] == 232
+    # 23% of the text not scored: said, with what to do about it
+    assert "warning: 232 of the 1,000 tokens" in result.stderr and "a smaller --seq-len" in result.stderr
 
 
 @pytest.mark.slow

@@ -19,6 +19,17 @@ from llmprod.testing.servers import ThreadServer
 
 
 @pytest.fixture
+def model_dirs(tmp_path, monkeypatch):
+    """./m, ./some-model and ./fake: model directories (a config.json each) in a working directory of the test's own,
+    so serve's check of MODEL passes and what the test is about is reached (vLLM itself is faked)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("m", "some-model", "fake"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    return tmp_path
+
+
+@pytest.fixture
 def fake_vllm(tmp_path):
     """A `vllm` executable that runs the fake engine (vLLM itself cannot run here)."""
     return vllm_executable(tmp_path)

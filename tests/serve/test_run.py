@@ -21,23 +21,25 @@ VLLM_LOG = VLLM_LOGS / "llama-3.1-8b-bf16.log"
     (["./m", "--upstream", "http://x:1"], "not both"),
     ([], "no model to serve"),
     (["./m", "--max-body-size", "lots"], "is not a size"),
-    (["./m", "--port", "70000"], "not a TCP port"),
+    (["./m", "--port", "70000"], "'--port': must be at most 65535; got '70000'"),
     (["./m", "--max-concurrency", "0"], "at least 1"),
-    (["./m", "--gpu-memory-utilization", "1.5"], "not in (0, 1]"),
+    (["./m", "--gpu-memory-utilization", "1.5"], "must be at most 1; got '1.5'"),
+    (["/no/such/dir"], "model '/no/such/dir' not found"),
+    (["org/model"], "HF_HUB_OFFLINE"),  # the tests run offline: a hub id not in the cache
     (["./m", "--guardrails", "nope"], "no guardrail policy nope"),
     (["./m", "--guardrails", "default", "--no-guardrails"], "contradict"),
     (["./m", "--engine", "transformers", "--kv-cache-dtype", "fp8"], "only apply to the vLLM engine"),
     (["./m", "--engine", "vllm", "--vllm-bin", "/nonexistent/vllm"], "not an executable"),
     (["--upstream", "ftp://host"], "not an http(s) URL"),
 ])
-def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, args, words):
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, args, words, model_dirs):
     result = cli("serve", *args, "--port", str(free_port())) if "--port" not in args else cli("serve", *args)
     assert result.exit_code == 2, result.stderr
     assert words in " ".join(result.stderr.split())
     assert "starting" not in result.stderr
 
 
-def test_port_in_use_is_exit_2(cli):
+def test_port_in_use_is_exit_2(cli, model_dirs):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -46,7 +48,8 @@ def test_port_in_use_is_exit_2(cli):
     assert result.exit_code == 2 and "cannot listen" in result.stderr
 
 
-def test_a_start_vllm_refuses_is_exit_2_with_its_reason_not_a_timeout(cli, fake_vllm, tmp_path, monkeypatch):
+def test_a_start_vllm_refuses_is_exit_2_with_its_reason_not_a_timeout(cli, fake_vllm, tmp_path, monkeypatch,
+                                                                      model_dirs):
     # a real refusal (vLLM 0.26.0 on an H200: the default max_model_len in 3% of the GPU), replayed
     monkeypatch.setenv("FAKE_VLLM_STARTUP_LOG", str(VLLM_LOGS / "llama-3.2-1b-refused-util0.03.log"))
     monkeypatch.setenv("FAKE_VLLM_EXIT_CODE", "1")
@@ -65,7 +68,7 @@ def test_unreachable_upstream_is_exit_2(cli):
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fake_vllm, tmp_path, sig):
+def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fake_vllm, tmp_path, sig, model_dirs):
     pid_file = tmp_path / "child.pid"
     port = free_port()
     proc, ready = serve_process("./some-model", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(port),

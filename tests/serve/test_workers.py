@@ -86,7 +86,7 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(serve_proces
 
 
 @pytest.mark.timeout(180)
-def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, fake_vllm, tmp_path):
+def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, fake_vllm, tmp_path, model_dirs):
     proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(free_port()),
                                 "--workers", "2", "--engine-log", str(tmp_path / "e.log"))
     assert stream_once(ready["url"])
@@ -113,7 +113,7 @@ def test_workers_follow_a_supervised_engine_through_its_restart(serve_process, f
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_serve_leaves_neither_its_workers_nor_its_engine(serve_process, fake_vllm, tmp_path):
+def test_a_killed_serve_leaves_neither_its_workers_nor_its_engine(serve_process, fake_vllm, tmp_path, model_dirs):
     """SIGKILL gives serve no chance to stop anything: its children are told by the kernel (Linux)."""
     proc, ready = serve_process("fake", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(free_port()),
                                 "--workers", "2", "--engine-log", str(tmp_path / "e.log"))
@@ -128,7 +128,7 @@ def test_a_killed_serve_leaves_neither_its_workers_nor_its_engine(serve_process,
     (["--workers", "0"], "--workers must be at least 1"),
     (["--workers", "2", "--api-keys", "{limited}"], "needs --workers 1"),
 ])
-def test_bad_workers_are_exit_2(cli, tmp_path, args, words):
+def test_bad_workers_are_exit_2(cli, tmp_path, args, words, model_dirs):
     limited = tmp_path / "keys.yaml"
     limited.write_text("keys:\n  - name: ci\n    key: secret-key-1234\n    requests_per_minute: 10\n")
     args = [a.format(limited=limited) for a in args]
