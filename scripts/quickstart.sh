@@ -29,9 +29,9 @@ run llmprod perplexity "$WORK/tiny-fp8" --baseline "$WORK/tiny" --dataset "$WORK
     --seq-len 512 --max-increase 0.05
 
 step "4. plan GPU memory for the quantized model, and for a real Llama-3.1-8B config, as vLLM would allocate it"
-run llmprod estimate-memory "$WORK/tiny-gptq" --gpu L4 --context 2048 --batch 8
+run llmprod estimate-memory "$WORK/tiny-gptq" --gpu L4 --max-model-len 2048 --batch 8   # exit 1 if not
 run llmprod estimate-memory tests/data/model-configs/meta-llama__Llama-3.1-8B-Instruct.json \
-    --weights w4a16 --gpu L4 --context 8192 --batch 8
+    --weights w4a16 --gpu L4 --max-model-len 8K --batch 8
 
 step "5. serve the GPTQ model behind the guarded gateway (embedded engine: no vLLM or GPU here), two gateway processes"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -8,6 +8,7 @@ relay (guarded.py) is this relay with the output scanner between the reads and t
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from typing import AsyncIterator
@@ -180,6 +181,7 @@ def _ending(blob: bytes) -> str:
     return "done" if finished or isinstance(payload.get("usage"), dict) else "cut"
 
 
+@functools.lru_cache(maxsize=256)  # a gateway serves a few names: built once each, not per request
 def model_renamer(engine_name: str, client_name: str):
     """bytes → bytes: `"model": "<engine name>"` (with a revision suffix such as transformers serve's "@main")
     made the name the client asked for, in every event of an answer."""
