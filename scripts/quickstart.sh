@@ -29,7 +29,7 @@ run llmprod perplexity "$WORK/tiny-fp8" --baseline "$WORK/tiny" --dataset "$WORK
     --seq-len 512 --max-increase 0.05
 
 step "4. plan GPU memory for the quantized model, and for a real Llama-3.1-8B config, as vLLM would allocate it"
-run llmprod estimate-memory "$WORK/tiny-gptq" --gpu L4 --max-model-len 2048 --batch 8   # exit 1 if not
+run llmprod estimate-memory "$WORK/tiny-gptq" --gpu L4 --max-model-len 2048 --batch 8   # a gate: exit 1 when it does not fit
 run llmprod estimate-memory tests/data/model-configs/meta-llama__Llama-3.1-8B-Instruct.json \
     --weights w4a16 --gpu L4 --max-model-len 8K --batch 8
 
