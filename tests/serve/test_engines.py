@@ -37,12 +37,12 @@ def test_engine_choice_says_why():
 
 def test_vllm_command_line_binds_loopback_and_passes_flags_through():
     options = EngineOptions(max_model_len=8192, gpu_memory_utilization=0.85, kv_cache_dtype="fp8",
-                            tensor_parallel_size=2, extra_args=("--enable-prefix-caching",))
+                            tensor_parallel_size=2, pipeline_parallel_size=2, extra_args=("--enable-prefix-caching",))
     command = vllm_command("/venv/bin/vllm", "./llama-gptq", "llama", 41000, options, "test")
     assert command.argv == ("/venv/bin/vllm", "serve", "./llama-gptq", "--host", "127.0.0.1", "--port", "41000",
                             "--served-model-name", "llama", "--max-model-len", "8192",
                             "--gpu-memory-utilization", "0.85", "--kv-cache-dtype", "fp8",
-                            "--tensor-parallel-size", "2", "--enable-prefix-caching")
+                            "--tensor-parallel-size", "2", "--pipeline-parallel-size", "2", "--enable-prefix-caching")
     assert "--quantization" not in command.argv  # vLLM reads it from the checkpoint
     assert command.base_url == "http://127.0.0.1:41000"
 
