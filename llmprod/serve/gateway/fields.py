@@ -145,7 +145,8 @@ class TokenMirror:
         if changed:
             entry["top_logprobs"] = [] if isinstance(top, list) else ({} if isinstance(top, dict) else top)
         elif isinstance(top, list):
-            entry["top_logprobs"] = [alt for alt in top if not (isinstance(alt, dict) and self._changes(alt.get("token")))]
+            entry["top_logprobs"] = [alt for alt in top
+                                     if not (isinstance(alt, dict) and self._changes(alt.get("token")))]
         elif isinstance(top, dict):
             entry["top_logprobs"] = {t: lp for t, lp in top.items() if not self._changes(t)}
         if "text_offset" in entry:

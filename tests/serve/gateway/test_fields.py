@@ -8,6 +8,7 @@ finished stream (or an OpenAI-shaped error) with the policy's action visible whe
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -57,7 +58,9 @@ def engine_for(route: str, script, options: dict, streamed: bool) -> ScriptedUps
     if route == "completions":
         return upstream.script(*vllm.completion_stream(script, **options)) if streamed else \
             upstream.answer(vllm.completion_whole(script, **options))
-    return upstream.script(*vllm.responses_stream(script)) if streamed else upstream.answer(vllm.responses_whole(script))
+    if streamed:
+        return upstream.script(*vllm.responses_stream(script))
+    return upstream.answer(vllm.responses_whole(script))
 
 
 def request_body(route: str, streamed: bool, options: dict) -> dict:
@@ -426,3 +429,32 @@ def test_answers_name_the_model_as_the_client_asked_not_as_the_engine_did(stream
     assert b"@main" not in response.content and b"/models/" not in response.content
     assert b'"model":"q-fp8"' in response.content.replace(b" ", b"")
     assert engine.requests[-1]["model"] == "/models/q-fp8"
+
+
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_each_field_streamed_gets_exactly_what_checking_it_whole_gives(route, start_gateway):
+    """Randomised: reasoning and answer with PII and secrets planted, cut at random points into the engine's
+    pieces; every field the client receives is its whole text checked at once, and no planted value leaks."""
+    import random
+
+    from llmprod.testing import planted
+
+    redact_all = Policy("redact-all", "test", output=[CheckConfig("pii", "redact", "output", {}, 1),
+                                                      CheckConfig("secrets", "redact", "output", {}, 2)])
+    rng = random.Random(route)
+    engine = ScriptedUpstream()
+    cases = []
+    for _ in range(8):
+        thinking, thought_values = planted.document(rng, rng.choice(["prose", "code"]))
+        answer, answer_values = planted.document(rng, rng.choice(["prose", "json"]))
+        script = [("reasoning", planted.cut(rng, thinking)), ("content", planted.cut(rng, answer))]
+        engine.script(*(vllm.chat_stream(script) if route == "chat" else vllm.responses_stream(script)))
+        cases.append((thinking, answer, thought_values + answer_values))
+    url, gateway = start_gateway(upstream=engine, policy=redact_all, models={MODEL: "fake"})
+    for thinking, answer, values in cases:
+        raw = httpx.post(f"{url}{PATHS[route]}", json=request_body(route, True, {}), timeout=30).content
+        assert not any(value.encode() in raw for value in values)
+        got = received(route, raw, True)["fields"]
+        whole = [asyncio.run(gateway.guard.check_output(text, "mail dana")).texts[0] for text in (thinking, answer)]
+        assert [got.get("reasoning0" if route == "chat" else "reasoning", ""),
+                got.get("content0" if route == "chat" else "message", "")] == whole
