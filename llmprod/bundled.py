@@ -15,7 +15,7 @@ from llmprod.errors import ConfigError, NotFoundError
 
 def _recipes() -> Traversable:
     packaged = files("llmprod") / "recipes"
-    if packaged.is_dir():  # an installed wheel
+    if (packaged / "guardrails" / "default.yaml").is_file():  # an installed wheel (not a stale, empty folder)
         return packaged
     return Path(__file__).resolve().parents[1] / "recipes"  # a checkout
 
