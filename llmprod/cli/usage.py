@@ -69,6 +69,10 @@ class LlmprodGroup(TyperGroup):
         try:
             rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
+        except KeyboardInterrupt:
+            # A second Ctrl-C, or one a finalizer raised while the first was being handled (the command
+            # already said "interrupted"): still the shell's exit code for it, not death by the signal.
+            sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - only the parser's own errors are handled here
             if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
                 raise
