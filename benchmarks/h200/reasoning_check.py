@@ -22,6 +22,7 @@ import httpx
 import openai
 
 from llmprod.serve.engines import free_port
+from llmprod.testing.servers import serve_ready
 
 
 def raw(url: str, path: str, body: dict) -> bytes:
@@ -50,13 +51,7 @@ def main() -> int:
                              text=True)
     report: dict = {"engine": engine, "model": args.model}
     try:
-        ready = ""
-        while not ready.rstrip().endswith("}"):  # the ready document, indented over several lines
-            line = serve.stdout.readline()
-            if not line:
-                raise RuntimeError(f"serve did not start: {serve.stderr.read()}")
-            ready += line
-        report["ready"] = json.loads(ready)
+        report["ready"] = serve_ready(serve)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         started = time.perf_counter()
         reasoning, content = [], []

@@ -20,6 +20,7 @@ import httpx
 import openai
 
 from llmprod.serve.engines import free_port
+from llmprod.testing.servers import serve_ready
 
 TOOLS = [{"type": "function", "function": {
     "name": "send_mail", "description": "Send an e-mail.",
@@ -68,18 +69,7 @@ def main() -> int:
                              text=True)
     report: dict = {"engine": engine, "direct": direct}
     try:
-        ready, doc = "", None
-        while doc is None:  # the ready document, indented over several lines
-            line = serve.stdout.readline()
-            if not line:
-                raise RuntimeError(f"serve did not start: {serve.stderr.read()}")
-            ready += line
-            try:
-                doc = json.loads(ready)
-            except ValueError:
-                continue
-        if "error" in doc:
-            raise RuntimeError(f"serve did not start: {doc['error']['message']}")
+        serve_ready(serve)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         streamed = client.chat.completions.create(model=args.model, messages=MESSAGES, tools=TOOLS,
                                                   tool_choice="required", max_tokens=96, temperature=0.0, stream=True)

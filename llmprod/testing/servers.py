@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmprod.serve.engines import free_port
 
-__all__ = ["ThreadServer", "free_port", "proc_stat", "running", "wait_ready", "wait_until"]
+__all__ = ["ThreadServer", "free_port", "proc_stat", "running", "serve_ready", "wait_ready", "wait_until"]
 
 
 def proc_stat(pid: int) -> tuple[str, list[str]]:
@@ -51,6 +51,26 @@ def wait_ready(url: str, timeout: float = 60.0, proc=None) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def serve_ready(proc) -> dict:
+    """The ready document of a `llmprod serve --json` process (Popen, text stdout), printed indented over
+    several lines once the gateway listens; a RuntimeError if serve exits or prints its error instead."""
+    import json
+
+    text = ""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"serve did not start: {proc.stderr.read() if proc.stderr else ''}".strip())
+        text += line
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue
+        if "error" in doc:
+            raise RuntimeError(f"serve did not start: {doc['error']['message']}")
+        return doc
 
 
 class ThreadServer:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, replace
 from llmprod.guardrails.types import CheckUnavailable, Guard
 from llmprod.serve.gateway.errors import (GatewayError, bad_request, from_engine, guard_unavailable, unavailable,
                                           upstream_failed)
-from llmprod.serve.gateway.middleware import BearerAuth, ConcurrencyLimit, ErrorShield, json_500
-from llmprod.serve.gateway.relay import model_renamer
 from llmprod.serve.gateway.fields import Unguardable, check_choice, refuse_unguardable
+from llmprod.serve.gateway.guarded import GuardedRelay
+from llmprod.serve.gateway.middleware import BearerAuth, ConcurrencyLimit, ErrorShield, json_500
+from llmprod.serve.gateway.relay import CancellingStream, StreamRelay, model_renamer
 from llmprod.serve.gateway.requests import check_fields, input_texts, read_json
-from llmprod.serve.gateway.responses import check_response
+from llmprod.serve.gateway.responses import ResponsesRelay, check_response
 from llmprod.serve.metrics import GatewayMetrics
 from llmprod.serve.spec import ServeSpec
 from llmprod.serve.upstream import AiohttpUpstream, Answer, EngineState, Upstream, UpstreamError
@@ -227,10 +228,6 @@ class Gateway:
             await check_choice(self.guard, choice, route == "chat", context, on_field)
 
     async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str, rename=None):
-        from llmprod.serve.gateway.guarded import GuardedRelay
-        from llmprod.serve.gateway.relay import CancellingStream, StreamRelay
-        from llmprod.serve.gateway.responses import ResponsesRelay
-
         options = payload.get("stream_options")
         client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if route != "responses":  # a response's usage comes in response.completed

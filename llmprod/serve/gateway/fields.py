@@ -17,6 +17,7 @@ before the engine sees it (`refuse_unguardable`), an answer that holds it fails 
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 from llmprod.guardrails.redaction import redacted_chars
@@ -47,18 +48,50 @@ def empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
+def _asks_responses_logprobs(body: dict) -> bool:
+    include = body.get("include")
+    return bool(body.get("top_logprobs")) or (isinstance(include, list) and any("logprobs" in str(i) for i in include))
+
+
+# (routes, whether the request asks for it, what the 400 says): answers the output guardrails could not read.
+UNGUARDABLE_REQUESTS = (
+    (None, lambda b: b.get("return_token_ids"),
+     "`return_token_ids` returns the generated tokens as ids, which the output guardrails cannot check; leave it out"),
+    (None, lambda b: b.get("return_tokens_as_token_ids"),
+     "`return_tokens_as_token_ids` turns logprob tokens into ids, which the output guardrails cannot check; "
+     "leave it out"),
+    ("responses", lambda b: b.get("background"),
+     "`background` responses are fetched later, past the output guardrails; send the request without it"),
+    ("responses", lambda b: b.get("enable_response_messages"),
+     "`enable_response_messages` returns the model's raw messages, which the output guardrails cannot check; "
+     "leave it out"),
+    ("responses", _asks_responses_logprobs,
+     "logprobs on /v1/responses cannot be checked by the output guardrails; use /v1/chat/completions for logprobs"),
+)
+
+
 def refuse_unguardable(route: str, body: dict) -> None:
     """400 for a request whose answer would carry text the output guardrails cannot read faithfully."""
-    if body.get("return_token_ids"):
-        raise bad_request("`return_token_ids` returns the generated tokens as ids, which the output guardrails "
-                          "cannot check; leave it out", "unguarded_field")
-    if body.get("return_tokens_as_token_ids"):
-        raise bad_request("`return_tokens_as_token_ids` turns logprob tokens into ids, which the output "
-                          "guardrails cannot check; leave it out", "unguarded_field")
-    if route == "responses":
-        from llmprod.serve.gateway.responses import refuse_unguardable_response
+    for routes, asks, message in UNGUARDABLE_REQUESTS:
+        if routes in (None, route) and asks(body):
+            raise bad_request(message, "unguarded_field")
 
-        refuse_unguardable_response(body)
+
+def call_function(call: Any, path: str, required: bool) -> dict:
+    """A tool call's `function` ({name, arguments}: strings or null), its keys checked: anything else in the
+    call could carry generated text nobody checks. `required`: a whole call has one; a streamed piece may not."""
+    if not isinstance(call, dict):
+        raise Unguardable(path)
+    for key, value in call.items():
+        if key not in TOOL_CALL_KEYS and key != "function" and not empty(value):
+            raise Unguardable(f"{path}.{key}")
+    function = call.get("function") if required else call.get("function") or {}
+    if not isinstance(function, dict):
+        raise Unguardable(f"{path}.function")
+    for key, value in function.items():
+        if not isinstance(value, (str, type(None))) if key in ("name", "arguments") else not empty(value):
+            raise Unguardable(f"{path}.function.{key}")
+    return function
 
 
 def parses(text: str) -> bool:
@@ -98,9 +131,8 @@ class TokenMirror:
         self.guard = guard
         self.scanner = scanner
         self.chat = chat
-        self.queue: list[list[Any]] = []  # [entry, token, characters released, pieces out]
+        self.queue: deque[list[Any]] = deque()  # [entry, token, characters released, pieces out]
         self.shift = 0  # completions' text_offset: characters added (+) or removed (-) by redactions so far
-        self.timings: dict[str, float] = {}
 
     async def feed(self, entries: list[dict]) -> tuple[list[dict], bool]:
         """Entries (each {"token", "logprob", "top_logprobs", ...}) → those released now, and whether blocked."""
@@ -132,7 +164,7 @@ class TokenMirror:
                 pos += take
             if done < len(token):
                 break
-            self.queue.pop(0)
+            self.queue.popleft()
             out.append(self._entry(entry, token, "".join(pieces)))
         return out, False
 
@@ -157,13 +189,14 @@ class TokenMirror:
     def _changes(self, token: Any) -> bool:
         if not isinstance(token, str):
             return True
-        found = self.guard.scan_with(token, "output", self.guard.deterministic("output"), self.timings)
+        # timed with the field's scanner, which reports its checks' time when the stream ends
+        found = self.guard.scan_with(token, "output", self.guard.deterministic("output"), self.scanner.timings)
         return any(f.action != "flag" for f in found)
 
 
 def logprob_entries(logprobs: Any, chat: bool) -> list[dict] | None:
     """A choice's logprobs as entries {"token", ...}; None when it has none. Completions' parallel lists
-    become one entry per token (`to_completions_logprobs` turns them back)."""
+    become one entry per token (`to_logprobs` turns them back)."""
     if empty(logprobs):
         return None
     if not isinstance(logprobs, dict):
@@ -202,22 +235,15 @@ async def check_choice(guard: Guard, choice: dict, chat: bool, context: str, on_
     """One choice of a whole answer, every field checked on its own and redacted in place; a block anywhere
     empties the choice (no text, reasoning, tool call or logprobs) and sets finish_reason content_filter.
     `on_field(name)`: told of each field checked (the gateway's metric)."""
-    if on_field is not None:
-        holder = choice.get("message") if chat else choice
-        for key, value in (holder.items() if isinstance(holder, dict) else ()):
-            if (key in TEXT_FIELDS or key == "text") and value:
-                on_field(key)
-            elif key in ("tool_calls", "function_call") and value:
-                on_field("tool_call")
-        if not empty(choice.get("logprobs")):
-            on_field("logprobs")
+    on_field = on_field or (lambda field: None)
     for key, value in choice.items():
         if key not in CHOICE_KEYS and key not in ("message", "text", "logprobs") and not empty(value):
             raise Unguardable(f"choices[].{key}")
-    blocked = await (_check_message(guard, choice.get("message"), context) if chat
-                     else _check_text(guard, choice, "text", context))
+    blocked = await (_check_message(guard, choice.get("message"), context, on_field) if chat
+                     else _check_text(guard, choice, "text", context, on_field))
     entries = None if blocked else logprob_entries(choice.get("logprobs"), chat)
     if entries is not None:
+        on_field("logprobs")
         mirror = TokenMirror(guard, guard.output_stream(context), chat)
         try:
             out, blocked = await mirror.feed(entries)
@@ -235,12 +261,13 @@ async def check_choice(guard: Guard, choice: dict, chat: bool, context: str, on_
         choice["finish_reason"] = "content_filter"
 
 
-async def _check_text(guard: Guard, holder: dict, key: str, context: str) -> bool:
+async def _check_text(guard: Guard, holder: dict, key: str, context: str, on_field) -> bool:
     value = holder.get(key)
     if value is None or value == "":
         return False
     if not isinstance(value, str):
         raise Unguardable(key)
+    on_field(key)
     decision = await guard.check_output(value, context)
     if decision.blocked:
         return True
@@ -248,41 +275,31 @@ async def _check_text(guard: Guard, holder: dict, key: str, context: str) -> boo
     return False
 
 
-async def _check_message(guard: Guard, message: Any, context: str) -> bool:
+async def _check_message(guard: Guard, message: Any, context: str, on_field) -> bool:
     if not isinstance(message, dict):
         raise Unguardable("choices[].message")
     for key, value in message.items():
         if key in TEXT_FIELDS:
-            if await _check_text(guard, message, key, context):
+            if await _check_text(guard, message, key, context, on_field):
                 return True
         elif key == "tool_calls" and not empty(value):
             if not isinstance(value, list):
                 raise Unguardable("message.tool_calls")
             for call in value:
-                if await _check_call(guard, call, context):
+                if await _check_call(guard, call, context, on_field):
                     return True
         elif key == "function_call" and not empty(value):
-            if await _check_call(guard, {"function": value}, context):
+            if await _check_call(guard, {"function": value}, context, on_field):
                 return True
         elif key not in MESSAGE_KEYS and not empty(value):
             raise Unguardable(f"message.{key}")
     return False
 
 
-async def _check_call(guard: Guard, call: Any, context: str) -> bool:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict):
-        raise Unguardable("message.tool_calls[].function")
-    for key, value in call.items():
-        if key not in TOOL_CALL_KEYS and key != "function" and not empty(value):
-            raise Unguardable(f"message.tool_calls[].{key}")
-    for key, value in function.items():
-        if key not in ("name", "arguments") and not empty(value):
-            raise Unguardable(f"message.tool_calls[].function.{key}")
-    name, arguments = function.get("name"), function.get("arguments")
-    if not isinstance(name, (str, type(None))) or not isinstance(arguments, (str, type(None))):
-        raise Unguardable("message.tool_calls[].function")
-    checked = await check_tool_call(guard, name, arguments, context)
+async def _check_call(guard: Guard, call: Any, context: str, on_field) -> bool:
+    function = call_function(call, "message.tool_calls[]", required=True)
+    on_field("tool_call")
+    checked = await check_tool_call(guard, function.get("name"), function.get("arguments"), context)
     if checked is None:
         return True
     for key, value in zip(("name", "arguments"), checked):

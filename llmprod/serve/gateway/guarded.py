@@ -13,8 +13,8 @@ A tool call is held until its choice finishes and checked whole. A block ends ev
 from __future__ import annotations
 
 from llmprod.serve import sse
-from llmprod.serve.gateway.fields import (CHOICE_KEYS, TEXT_FIELDS, TokenMirror, Unguardable, check_tool_call,
-                                          empty, logprob_entries, to_logprobs)
+from llmprod.serve.gateway.fields import (CHOICE_KEYS, TEXT_FIELDS, TokenMirror, Unguardable, call_function,
+                                          check_tool_call, empty, logprob_entries, to_logprobs)
 from llmprod.serve.gateway.relay import StreamRelay, set_finish, set_text
 
 # The keys of a chunk's choice that leave it a plain text delta (when its logprobs and token_ids are null).
@@ -36,7 +36,9 @@ class GuardedRelay(StreamRelay):
         self.plain = PLAIN_CHAT if self.chat else PLAIN_COMPLETIONS
         self.scanners: dict[tuple[int, str], object] = {}  # (choice index, field) → its scanner
         self.mirrors: dict[int, TokenMirror] = {}  # choice index → its logprob tokens
-        self.calls: dict[int, dict[int, dict]] = {}  # choice index → tool call index → the call so far
+        # choice index → tool call index → the call so far; a choice's entry is made when it is first seen,
+        # so the keys are also every choice of the answer (the ones a block or [DONE] must finish)
+        self.calls: dict[int, dict[int, dict]] = {}
         self.finished: set[int] = set()
 
     def scanner(self, index: int, key: str):
@@ -226,25 +228,16 @@ class GuardedRelay(StreamRelay):
         if not isinstance(deltas, list):
             raise Unguardable("choices[].delta.tool_calls")
         for delta in deltas:
-            if not isinstance(delta, dict) or not isinstance(delta.get("index", 0), int):
-                raise Unguardable("choices[].delta.tool_calls[]")
-            for key, value in delta.items():
-                if key not in ("index", "id", "type", "function") and not empty(value):
-                    raise Unguardable(f"choices[].delta.tool_calls[].{key}")
+            function = call_function(delta, "choices[].delta.tool_calls[]", required=False)
+            if not isinstance(delta.get("index", 0), int):
+                raise Unguardable("choices[].delta.tool_calls[].index")
             call = self.calls[index].setdefault(delta.get("index", 0), {"name": [], "arguments": []})
             for key in ("id", "type"):
                 if delta.get(key) is not None:
                     call[key] = delta[key]
-            function = delta.get("function") or {}
-            if not isinstance(function, dict):
-                raise Unguardable("choices[].delta.tool_calls[].function")
-            for key, value in function.items():
-                if key not in ("name", "arguments") and not empty(value):
-                    raise Unguardable(f"choices[].delta.tool_calls[].function.{key}")
-                if value is not None:
-                    if not isinstance(value, str):
-                        raise Unguardable(f"choices[].delta.tool_calls[].function.{key}")
-                    call[key].append(value)
+            for key in ("name", "arguments"):
+                if function.get(key) is not None:
+                    call[key].append(function[key])
 
     async def _finish_choice(self, index: int, choice: dict, holder: dict) -> None:
         """The choice's end: each of its fields releases what it held, its tool calls are checked whole."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from typing import AsyncIterator
 
@@ -185,8 +186,6 @@ def _ending(blob: bytes) -> str:
 def model_renamer(engine_name: str, client_name: str):
     """bytes → bytes: `"model": "<engine name>"` (with a revision suffix such as transformers serve's "@main")
     made the name the client asked for, in every event of an answer."""
-    import re
-
     pattern = re.compile(rb'"model":\s*"' + re.escape(json.dumps(engine_name)[1:-1].encode()) + rb'(?:@[^"\\]*)?"')
     replacement = b'"model":' + json.dumps(client_name).encode()
     return lambda blob: pattern.sub(lambda _m: replacement, blob)

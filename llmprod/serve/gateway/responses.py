@@ -27,23 +27,14 @@ PARTS = {"response.content_part.added", "response.content_part.done", "response.
          "response.reasoning_summary_part.done"}
 PART_KINDS = {"output_text": ("text", "text"), "refusal": ("refusal", "refusal"),
               "reasoning_text": ("reasoning", "text"), "summary_text": ("summary", "text")}
+DELTA_OF = {field: kind for kind, field in DELTAS.items()}
 RESPONSE_EVENTS = {"response.created", "response.in_progress", "response.queued", "response.completed",
                    "response.incomplete", "response.failed"}
-ENDINGS = {"response.completed", "response.incomplete", "response.failed"}
 
 
-def refuse_unguardable_response(body: dict) -> None:
-    """The Responses requests whose output the guard could not see whole."""
-    if body.get("background"):
-        raise bad_request("`background` responses are fetched later, past the output guardrails; send the "
-                          "request without it", "unguarded_field")
-    if body.get("enable_response_messages"):
-        raise bad_request("`enable_response_messages` returns the model's raw messages, which the output "
-                          "guardrails cannot check; leave it out", "unguarded_field")
-    include = body.get("include") or []
-    if body.get("top_logprobs") or (isinstance(include, list) and any("logprobs" in str(i) for i in include)):
-        raise bad_request("logprobs on /v1/responses cannot be checked by the output guardrails; use "
-                          "/v1/chat/completions for logprobs", "unguarded_field")
+def field_key(field: str, output_index, event: dict) -> tuple:
+    """(field, output index, content or summary index): one field of one output item."""
+    return field, output_index, event.get("summary_index" if field == "summary" else "content_index")
 
 
 def add_input_texts(body: dict, texts) -> None:
@@ -191,8 +182,8 @@ class _Items:
             call["checked"] = checked
         return call["checked"]
 
-    async def item(self, item, index: int) -> list[tuple[str, str]]:
-        """An output item made what was sent, in place; the (kind, tail) of fields released only now."""
+    async def item(self, item, index: int) -> list[tuple[tuple, str]]:
+        """An output item made what was sent, in place; the (field key, tail) of fields released only now."""
         if not isinstance(item, dict):
             raise Unguardable("output[]")
         kind, tails = item.get("type"), []
@@ -203,7 +194,7 @@ class _Items:
             for j, part in enumerate(item.get("content") or []):
                 tails += await self.part(part, index, j)
             for j, part in enumerate(item.get("summary") or []):
-                tails += await self.part(part, index, j)
+                tails += await self.part(part, index, j)  # summary parts: (summary, index, j)
             if not empty(item.get("encrypted_content")):
                 raise Unguardable("output[].encrypted_content")
         elif kind == "function_call":
@@ -213,14 +204,15 @@ class _Items:
             raise Unguardable(f"output items of type {kind}")
         return tails
 
-    async def part(self, part, index: int, j: int) -> list[tuple[str, str]]:
+    async def part(self, part, index: int, j: int) -> list[tuple[tuple, str]]:
         if not isinstance(part, dict) or part.get("type") not in PART_KINDS:
             raise Unguardable(f"content parts of type {part.get('type') if isinstance(part, dict) else part}")
         if not empty(part.get("logprobs")) or not empty(part.get("annotations")):
             raise Unguardable("logprobs or annotations of an output part")
-        kind, key = PART_KINDS[part["type"]]
-        part[key], tail = await self.final((kind, index, j), part.get(key))
-        return [(kind, tail)] if tail else []
+        field, attribute = PART_KINDS[part["type"]]
+        key = (field, index, j)
+        part[attribute], tail = await self.final(key, part.get(attribute))
+        return [(key, tail)] if tail else []
 
 
 class ResponsesRelay(StreamRelay):
@@ -266,8 +258,7 @@ class ResponsesRelay(StreamRelay):
     async def _event(self, event: dict) -> list[dict]:
         kind = event.get("type")
         if kind in DELTAS:
-            key = (DELTAS[kind], event.get("output_index"), event.get(
-                "summary_index" if kind == "response.reasoning_summary_text.delta" else "content_index"))
+            key = field_key(DELTAS[kind], event.get("output_index"), event)
             if not isinstance(event.get("delta"), str) or not empty(event.get("logprobs")):
                 raise Unguardable(f"{kind} without a text delta, or with logprobs")
             try:
@@ -280,10 +271,9 @@ class ResponsesRelay(StreamRelay):
             return []
         if kind in DONES:
             field, attribute = DONES[kind]
-            index = event.get("summary_index" if field == "summary" else "content_index")
-            key = (field, event.get("output_index"), index)
+            key = field_key(field, event.get("output_index"), event)
             event[attribute], tail = await self._final(key, event.get(attribute), event)
-            return self._tail(event, tail) + [event]
+            return self._tail(key, event, tail) + [event]
         if kind in PARTS:
             return await self._part(event)
         if kind == "response.function_call_arguments.delta":
@@ -317,51 +307,44 @@ class ResponsesRelay(StreamRelay):
         except _Blocked as blocked:
             raise _Blocked((self._delta_for(key, event), blocked.args[0])) from None
 
-    def _delta_for(self, key: tuple, event: dict) -> dict:
-        kind = {v: k for k, v in DELTAS.items()}[key[0]]
-        index_key = "summary_index" if key[0] == "summary" else "content_index"
-        return {"type": kind, "sequence_number": 0, "item_id": event.get("item_id"), "output_index": key[1],
-                index_key: key[2], "delta": ""}
+    def _delta_for(self, key: tuple, event: dict, text: str = "") -> dict:
+        """A delta event of one field (what a tail or the safe part of a block goes out as)."""
+        field, output_index, index = key
+        return {"type": DELTA_OF[field], "sequence_number": 0, "item_id": event.get("item_id"),
+                "output_index": output_index, "summary_index" if field == "summary" else "content_index": index,
+                "delta": text}
 
-    def _tail(self, event: dict, tail: str, key: tuple | None = None) -> list[dict]:
+    def _tail(self, key: tuple, event: dict, tail: str) -> list[dict]:
+        """Text a field released only at its end, as a delta before the event that ends it."""
         if not tail:
             return []
         self.text_in_batch = True
-        kind, output_index, index = key or (None, None, None)
-        if key is None:
-            field = next(f for k, (f, _a) in DONES.items() if k == event["type"])
-            kind, output_index = field, event.get("output_index")
-            index = event.get("summary_index" if field == "summary" else "content_index")
-        delta = self._delta_for((kind, output_index, index), event)
-        delta["delta"] = tail
-        return [delta]
+        return [self._delta_for(key, event, tail)]
 
     async def _part(self, event: dict) -> list[dict]:
         part = event.get("part")
         if not isinstance(part, dict) or part.get("type") not in PART_KINDS:
             raise Unguardable(f"{event.get('type')} with a part the guard does not know")
+        field, attribute = PART_KINDS[part["type"]]
         if event["type"].endswith(".added"):
-            if not empty(part.get(PART_KINDS[part["type"]][1])):
+            if not empty(part.get(attribute)):
                 raise Unguardable(f"{event['type']} that already carries text")
             return [event]
-        index = event.get("summary_index" if "summary" in event["type"] else "content_index")
-        kind = PART_KINDS[part["type"]][0]
+        key = field_key(field, event.get("output_index"), event)
         try:
-            tails = await self.items.part(part, event.get("output_index"), index)
+            tails = await self.items.part(part, key[1], key[2])
         except _Blocked as blocked:
-            raise _Blocked((self._delta_for((kind, event.get("output_index"), index), event),
-                            blocked.args[0])) from None
-        out = []
-        for field, tail in tails:
-            out += self._tail(event, tail, (field, event.get("output_index"), index))
-        return out + [event]
+            raise _Blocked((self._delta_for(key, event), blocked.args[0])) from None
+        return [delta for k, tail in tails for delta in self._tail(k, event, tail)] + [event]
 
     async def _item_event(self, event: dict) -> list[dict]:
         item, index = event.get("item"), event.get("output_index")
         if event["type"] == "response.output_item.added":
             if isinstance(item, dict) and item.get("type") == "function_call":
                 self.items.calls.setdefault(index, {"name": None, "arguments": []})["name"] = item.get("name")
-                await self._check_name(item.get("name"))
+                # announced before its arguments: the name must pass unchanged on its own
+                if await check_tool_call(self.items.guard, item.get("name"), None, self.items.context) is None:
+                    raise _Blocked((None, ""))
                 if not empty(item.get("arguments")):
                     raise Unguardable("a function call announced with its arguments")
                 return [event]
@@ -376,17 +359,7 @@ class ResponsesRelay(StreamRelay):
         except _Blocked as blocked:
             raise _Blocked((None, blocked.args[0])) from None
         self.done_items[index] = copy.deepcopy(item)
-        out = []
-        for field, tail in tails:
-            out += self._tail(event, tail, (field, index, 0))
-        return out + [event]
-
-    async def _check_name(self, name) -> None:
-        """A function call's name is announced before its arguments: it must pass unchanged."""
-        if name:
-            decision = await self.items.guard.check_output(name, self.items.context)
-            if decision.blocked or decision.texts[0] != name:
-                raise _Blocked((None, ""))
+        return [delta for key, tail in tails for delta in self._tail(key, event, tail)] + [event]
 
     async def _response_event(self, event: dict) -> list[dict]:
         response = event.get("response")
