@@ -2,8 +2,10 @@
 running vLLM started with --reasoning-parser:
 
     python benchmarks/h200/reasoning_check.py http://127.0.0.1:8012 --model tiny --out DIR
+    python benchmarks/h200/reasoning_check.py --serve MODEL_DIR --vllm-bin /tmp/vbin/vllm --out DIR
 
-Starts `llmprod serve --upstream URL` with the default policy, then: chat streamed and whole, responses
+Starts `llmprod serve --upstream URL` with the default policy (or, with --serve, `llmprod serve MODEL_DIR
+--engine vllm ... -- --reasoning-parser deepseek_r1`: serve starts and supervises vLLM itself), then: chat streamed and whole, responses
 streamed and whole. Records what vLLM itself sent for the same requests (raw SSE bytes: test data for the
 gateway's scripted engine) and the gateway's /metrics, and says whether the reasoning was scanned
 (llmprod_guardrail_output_fields_total{field="reasoning"|"reasoning_text"...}).
@@ -32,26 +34,33 @@ def raw(url: str, path: str, body: dict) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("engine")
+    parser.add_argument("engine", nargs="?", help="a running vLLM's URL (or --serve)")
+    parser.add_argument("--serve", help="a model directory for `llmprod serve --engine vllm` instead")
+    parser.add_argument("--vllm-bin", default="/tmp/vbin/vllm")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    engine = args.engine.rstrip("/")
+    port = free_port()
+    if args.serve:
+        target = [args.serve, "--engine", "vllm", "--vllm-bin", args.vllm_bin, "--served-model-name", args.model,
+                  "--max-model-len", "2048", "--gpu-memory-utilization", "0.3", "--engine-log",
+                  str(args.out / "vllm-under-serve.log")]
+        extra = ["--", "--reasoning-parser", "deepseek_r1", "--load-format", "dummy"]
+    else:
+        target, extra = ["--upstream", args.engine.rstrip("/")], []
+    serve = subprocess.Popen([sys.executable, "-m", "llmprod", "serve", *target, "--port", str(port),
+                              "--guardrails", "default", "--json", *extra], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    report: dict = {"model": args.model, "ready": serve_ready(serve)}
+    engine = report["engine"] = report["ready"]["upstream"]
     chat = {"model": args.model, "messages": [{"role": "user", "content": "Think it over, then answer."}],
             "max_tokens": 48, "ignore_eos": True, "stream": True}
     respond = {"model": args.model, "input": "Think it over, then answer.", "max_output_tokens": 48,
                "stream": True}
     (args.out / "vllm-chat-reasoning.sse").write_bytes(raw(engine, "/v1/chat/completions", chat))
     (args.out / "vllm-responses-reasoning.sse").write_bytes(raw(engine, "/v1/responses", respond))
-
-    port = free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "llmprod", "serve", "--upstream", engine, "--port", str(port),
-                              "--guardrails", "default", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    report: dict = {"engine": engine, "model": args.model}
     try:
-        report["ready"] = serve_ready(serve)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         started = time.perf_counter()
         reasoning, content = [], []
@@ -86,9 +95,9 @@ def main() -> int:
         report["reasoning_scanned"] = any('field="reasoning' in line for line in report["metrics"])
     finally:
         serve.terminate()
-        serve.wait(timeout=60)
+        report["serve_exit"] = serve.wait(timeout=120)
     (args.out / "reasoning-check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("chat_streamed", "responses_streamed", "reasoning_scanned")}))
+    print(json.dumps({k: report[k] for k in ("chat_streamed", "responses_streamed", "reasoning_scanned", "serve_exit")}))
     return 0 if report["reasoning_scanned"] else 1
 
 
