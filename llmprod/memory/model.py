@@ -101,6 +101,13 @@ TRANSFORMERS_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Architectures whose transformers config class ties the output projection to the embeddings unless config.json
+# says otherwise (Gemma 2's config.json does not say): one tensor, counted once. The test checks this set against
+# transformers' own config classes.
+TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "cohere", "cohere2", "starcoder2", "falcon",
+                             "gpt2", "ernie4_5", "smollm3"})
+
+
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """The language model's part of a (possibly multimodal) config; top-level quantization is kept."""
     inner = config.get("text_config")
@@ -199,7 +206,7 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
         checkpoint_dtype=dtype,
         layers=layer_attention(cfg, num_layers),
         mla_latent=mla,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", str(cfg.get("model_type")) in TIED_BY_DEFAULT)),
         quantization_config=config.get("quantization_config") or cfg.get("quantization_config"),
         raw=cfg,
     )
@@ -247,21 +254,32 @@ def decoder_layer_params(shape: ModelShape, index: int) -> LayerParams:
     return LayerParams(attention=attn, kv_linear=kv, mlp=mlp, other=2 * h + norms + other)
 
 
+def is_moe_layer(cfg: dict[str, Any], index: int) -> bool:
+    """Whether decoder layer `index` routes to experts (DeepSeek's first dense layers, Qwen's mlp_only_layers and
+    decoder_sparse_step keep some layers dense)."""
+    if not num_experts(cfg):
+        return False
+    if index < int(cfg.get("first_k_dense_replace") or 0) or index in (cfg.get("mlp_only_layers") or []):
+        return False
+    step = int(cfg.get("decoder_sparse_step") or cfg.get("moe_layer_freq") or 1)
+    return not (step > 1 and (index + 1) % step)
+
+
+def expert_intermediate_size(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 4 * cfg["hidden_size"])
+
+
+def experts_per_token(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or cfg.get("moe_topk") or 1)
+
+
 def _mlp_params(shape: ModelShape, index: int) -> tuple[int, int]:
     cfg, h = shape.raw, shape.hidden_size
     experts = num_experts(cfg)
     dense_inter = cfg.get("intermediate_size") or 4 * h
-    moe_layer = bool(experts)
-    if moe_layer and index < int(cfg.get("first_k_dense_replace") or 0):
-        moe_layer = False
-    if moe_layer and index in (cfg.get("mlp_only_layers") or []):
-        moe_layer = False
-    step = int(cfg.get("decoder_sparse_step") or cfg.get("moe_layer_freq") or 1)
-    if moe_layer and step > 1 and (index + 1) % step:
-        moe_layer = False
-    if not moe_layer:
+    if not is_moe_layer(cfg, index):
         return 3 * h * dense_inter, 0
-    inter = cfg.get("moe_intermediate_size") or dense_inter
+    inter = expert_intermediate_size(cfg)
     routed = experts * 3 * h * inter
     router = h * experts + (experts if shape.model_type == "gpt_oss" else 0)
     shared = (cfg.get("n_shared_experts") or 0) * 3 * h * inter
