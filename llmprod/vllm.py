@@ -100,6 +100,11 @@ class StartupLog:
     peak_activation_gib: float | None = None
     non_torch_gib: float | None = None
     cuda_graph_gib: float | None = None
+    cuda_graph_estimate_gib: float | None = None  # the V1 runner's, deducted before the KV cache is sized
+    max_num_batched_tokens: int | None = None
+    model_runner: str | None = None  # "V2" when vLLM says it runs the V2 model runner
+    moe_backend: str | None = None  # "TRITON Unquantized", "TRITON Mxfp4", ...
+    attention_backend: str | None = None
     kernels: list[str] = field(default_factory=list)  # "MacheteLinearKernel for CompressedTensorsWNA16"
     error: str | None = None  # why it stopped, in vLLM's words
 
@@ -120,7 +125,13 @@ _PATTERNS: list[tuple[str, re.Pattern[str], type]] = [
     ("weights_gib", re.compile(r"Model loading took " + _NUM + r" GiB"), float),
     ("kv_cache_gib", re.compile(r"Available KV cache memory: " + _NUM + r" GiB"), float),
     ("kv_cache_tokens", re.compile(r"GPU KV cache size: " + _NUM + r" tokens"), int),
+    ("cuda_graph_estimate_gib", re.compile(r"Estimated CUDA graph memory: " + _NUM + r" GiB"), float),
+    ("max_num_batched_tokens", re.compile(r"\bmax_num_batched_tokens=(\d+)"), int),
+    ("model_runner", re.compile(r"Using (V2) Model Runner"), str),
+    ("attention_backend", re.compile(r"Using (\w+) attention backend"), str),
 ]
+# "Using TRITON Unquantized MoE backend out of ...", "Using 'TRITON' Mxfp4 MoE backend."
+_MOE = re.compile(r"Using '?(\w+)'? (\w+ )?MoE backend")
 _CONCURRENCY = re.compile(r"Maximum concurrency for " + _NUM + r" tokens per request: " + _NUM + r"x")
 _BUDGET = re.compile(r"Free memory on device \(" + _NUM + "/" + _NUM + r" GiB\).*?utilization is \(" + _NUM
                      + ", " + _NUM + r" GiB\)\. Actual usage is " + _NUM + r" GiB for weight, " + _NUM
@@ -156,6 +167,9 @@ def parse_startup(text: str) -> StartupLog:
         if m and log.total_gib is None:
             (_free, log.total_gib, log.gpu_memory_utilization, log.requested_gib, _weights, log.peak_activation_gib,
              log.non_torch_gib, log.cuda_graph_gib) = (_number(g, float) for g in m.groups())
+        m = _MOE.search(line)
+        if m and log.moe_backend is None and m[1] != "TritonExperts":
+            log.moe_backend = f"{m[1]} {(m[2] or '').strip()}".strip()
         m = _KERNEL.search(line)
         if m and f"{m[1]} for {m[2]}" not in log.kernels:
             log.kernels.append(f"{m[1]} for {m[2]}")

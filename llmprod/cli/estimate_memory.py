@@ -23,14 +23,16 @@ def estimate_memory(
     weights: Annotated[str, typer.Option("--weights", help="auto (from the checkpoint), bf16, fp16, fp8, int8, w4a16, w8a16, awq, gptq, or a quantize --scheme (w8a8-fp8, fp8-block, w8a8-int8, nvfp4a16).")] = "auto",
     group_size: Annotated[int, typer.Option("--group-size", min=1, help="Group size of group-quantized weights.")] = 128,
     kv_cache_dtype: KvCacheDtypeOpt = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, RTX4090, RTX3090, B200, MI300X.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name: H100 (SXM), H100-PCIe, H200, B200, A100-80GB, A100-40GB, L40S, L4, A10G, RTX5090, RTX4090, RTX3090, MI300X. Also checks that vLLM loads the checkpoint's weight format there, and with which kernel (exit 1 when it does not).")] = None,
     gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory instead of --gpu, with its unit: 80GiB, 80GB, 81920MiB.")] = None,
     gpu_memory_utilization: GpuMemoryUtilizationOpt = None,
     kv_cache_memory: Annotated[Optional[str], typer.Option("--kv-cache-memory", help="vLLM's --kv-cache-memory: the KV cache budget per GPU, with its unit (skips the GPU arithmetic).")] = None,
     tensor_parallel_size: TensorParallelOpt = None,
     pipeline_parallel_size: PipelineParallelOpt = None,
     block_size: Annotated[int, typer.Option("--block-size", min=1, help="vLLM's --block-size: tokens per KV block.")] = 16,
-    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", min=1, help="vLLM's scheduler token budget per step.")] = 8192,
+    max_num_batched_tokens: Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="vLLM's scheduler token budget per step [default: vLLM's for the GPU and entry point: 8192 for vllm serve on 70 GiB and more (not A100), else 2048].", show_default=False)] = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="vLLM's most sequences per step; its sampler warm-up sizes logits for this many [default: vLLM's: 1024 on 70 GiB and more (not A100), else 256].", show_default=False)] = None,
+    entry_point: Annotated[str, typer.Option("--entry-point", help="How vLLM is started, which decides its batch defaults: serve (vllm serve, what llmprod serve starts) or python (vllm.LLM).", case_sensitive=False)] = "serve",
     revision: RevisionOpt = None,
     vllm_version: Annotated[Optional[str], typer.Option("--vllm-version", help="Plan with this vLLM release's defaults [default: the vLLM on PATH or --vllm-bin, else the newest llmprod knows].", show_default=False)] = None,
     vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The vLLM whose release decides the defaults.")] = None,
@@ -54,7 +56,8 @@ def estimate_memory(
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=parse_size(kv_cache_memory, "--kv-cache-memory") if kv_cache_memory else None,
             tp=tensor_parallel_size or 1, pp=pipeline_parallel_size or 1, block_size=block_size,
-            max_num_batched_tokens=max_num_batched_tokens, revision=revision,
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+            entry_point=entry_point.lower(), revision=revision,
         )
         if vllm_log is not None:  # the log names its release and settings
             from llmprod.memory.versus import estimate_against_log
@@ -64,7 +67,7 @@ def estimate_memory(
             version, version_from = which_vllm(vllm_version, vllm_bin)
             result = estimate(replace(spec, vllm_version=version, vllm_version_from=version_from))
         out.result(result, lambda console: _render(console, result))
-        if not result["fits"]:  # a gate: CI fails on the exit code, no JSON parsing needed
+        if not result["fits"] or result["loads"] is False:  # a gate: CI fails on the exit code alone
             raise CheckFailed(result["reason"])
 
 
@@ -95,7 +98,9 @@ def _render(console, r: dict) -> None:
     kv.add_row("KV bytes per token (all layers on this GPU)", f"{r['kv_bytes_per_token']:,}")
     kv.add_row(f"blocks of {r['block_size']} tokens", f"{r['num_blocks']:,} × {format_bytes(r['page_bytes'])} "
                f"× {r['group_size']} layers ({r['kv_cache_groups']} group(s))")
-    kv.add_row("GPU KV cache size", f"{r['kv_cache_tokens']:,} tokens")
+    kv.add_row("GPU KV cache size (as vLLM logs it: concurrency × max model length)", f"{r['kv_cache_tokens']:,} tokens")
+    kv.add_row(f"KV pool ({r['num_blocks']:,} blocks × {r['block_size']} tokens per layer group)",
+               f"{r['kv_pool_tokens']:,} tokens")
     kv.add_row(f"maximum concurrency for {r['context']:,} tokens per request", f"{r['max_concurrency']:.2f}x")
     kv.add_row(f"longest context at batch {r['batch']}", f"{r['max_context']:,} tokens")
     paging = r["paging"]
@@ -104,6 +109,14 @@ def _render(console, r: dict) -> None:
     kv.add_row(f"PagedAttention: {r['batch']} × {r['blocks_per_request']:,} blocks (sliding layers: their window)",
                format_bytes(paging["paged_bytes"]))
     console.print(kv)
+    check = r.get("preflight")
+    if check:
+        style = "green" if check["loads"] else "red"
+        console.print(f"[{style}]{'loads' if check['loads'] else 'does not load'}[/{style}]: {check['reason']}"
+                      + (f"; weights: {check['weight_memory']}" if check.get("weight_memory") else ""))
+        console.print(f"kernel table {check['table']}: {check['source']}", style="dim")
+    console.print(f"batch settings: max_num_batched_tokens {r['max_num_batched_tokens']:,}, max_num_seqs "
+                  f"{r['max_num_seqs']:,} ({r['batch_settings_from']['max_num_batched_tokens']})", style="dim")
     verdict = "[green]fits[/green]" if r["fits"] else "[red]does not fit[/red]"
     console.print(f"{verdict}: {r['reason']}; largest batch at this length: {r['max_batch']}; "
                   f"longest context at batch {r['batch']}: {r['max_context']:,}")

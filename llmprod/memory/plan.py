@@ -9,8 +9,9 @@ from typing import Any
 from llmprod.errors import InputError
 from llmprod.memory.kvcache import (KVGroups, LayerSpec, cdiv, full_attention_bytes_per_token, group_layers,
                                     layer_specs, max_context, pp_layer_counts, stage_layers)
-from llmprod.memory.model import DTYPE_BYTES, ModelShape, load_config, model_shape
-from llmprod.memory.releases import NEWEST, VllmRelease, release_for
+from llmprod.memory.model import (DTYPE_BYTES, ModelShape, expert_intermediate_size, experts_per_token, is_moe_layer,
+                                   load_config, model_shape)
+from llmprod.memory.releases import ENTRY_POINTS, NEWEST, VllmRelease, release_for
 from llmprod.memory.sizes import GiB, format_bytes, gpu_memory
 from llmprod.memory.weights import (estimate_weights, safetensors_from_hub, safetensors_tensors,
                                     weight_format)
@@ -22,11 +23,20 @@ VLLM_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e
                         "int4_per_token_head", "int8_per_token_head", "fp8_per_token_head", "nvfp4")
 KV_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16"}
 KV_DTYPES = {"auto": None, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
-# vLLM's sampler warm-up runs this many sequences' logits in float32 during memory profiling.
-MAX_NUM_SEQS = 256
 # Not measurable from a config: the memory of captured CUDA graphs with vLLM's default capture sizes
 # (0.44 GiB for a 1B Llama, 0.98 GiB for an 8B one with vLLM 0.26.0 on an H200).
 CUDA_GRAPH_BYTES = int(1.0 * GiB)
+# The profiling forward's peak, fitted to vLLM 0.26.0's "peak activation" on an H200 (tests/data/vllm-0.26.0,
+# max_num_batched_tokens 8192, max_num_seqs 1024): the live tensors of one layer (residual stream and norm,
+# q/k/v, the dense MLP's gate/up output and activation) count 0.56 of their size once torch.compile has fused
+# them; the fused-MoE kernels' two workspaces (tokens × top-k × max(2 × expert width, hidden) and
+# × max(expert width, hidden)) count in full; the sampler's warm-up over max_num_seqs rows of logits takes
+# 4.7 bytes per logit on the V2 model runner, which skips top-k/top-p while profiling, and 14 on the V1 runner,
+# which sorts them. Fitted on Llama-3.1-8B/3.2-1B, Qwen3-8B, Gemma-2-9B (V2) and Qwen3-30B-A3B, gpt-oss,
+# Mixtral (V1): within 0.25 GiB below vLLM for each and up to 0.6 GiB above (docs/memory.md).
+FUSED_FRACTION = 0.56
+SAMPLER_BYTES_V2 = 4.7
+SAMPLER_BYTES_V1 = 14
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,9 @@ class MemorySpec:
     tp: int = 1
     pp: int = 1
     block_size: int = 16
-    max_num_batched_tokens: int = 8192
+    max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU and entry point
+    max_num_seqs: int | None = None  # likewise
+    entry_point: str = "serve"  # "serve" (vllm serve) or "python" (vllm.LLM): their batch defaults differ
     revision: str | None = None  # of a hub model
     vllm_version: str = NEWEST  # whose defaults apply
     vllm_version_from: str = "the newest release llmprod knows"
@@ -52,7 +64,8 @@ class MemorySpec:
     def validate(self) -> None:
         for name, value in (("--max-model-len", self.context), ("--batch", self.batch),
                             ("--tensor-parallel-size", self.tp), ("--pipeline-parallel-size", self.pp),
-                            ("--block-size", self.block_size), ("--max-num-batched-tokens", self.max_num_batched_tokens)):
+                            ("--block-size", self.block_size), ("--max-num-batched-tokens", self.max_num_batched_tokens),
+                            ("--max-num-seqs", self.max_num_seqs)):
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
@@ -63,6 +76,9 @@ class MemorySpec:
                              hint=f"plan with one of {', '.join(KV_DTYPES)}; serve passes any of vLLM's values on")
         if self.gpu and self.gpu_memory_bytes:
             raise InputError("--gpu and --gpu-memory both given", hint="give one of them")
+        if self.entry_point not in ENTRY_POINTS:
+            raise InputError(f"--entry-point {self.entry_point!r} is not one vLLM has",
+                             hint="use serve (vllm serve, what llmprod serve starts) or python (vllm.LLM)")
 
     def check_memory(self) -> None:
         """After the model (the first thing to get right): something to plan against."""
@@ -110,13 +126,50 @@ def estimate(spec: MemorySpec) -> dict[str, Any]:
                          "heads", hint="vLLM needs the heads split evenly; try a divisor of the head count")
     kv_bytes = kv_cache_bytes(spec.kv_cache_dtype, shape)
     release, note = release_for(spec.vllm_version)
+    spec, batch_from = _batch_settings(spec, release)
     result = _estimate(spec, shape, config, directory, kv_bytes, release, whatifs=True)
+    result["batch_settings_from"] = batch_from
+    _preflight(result, spec, shape)
     result["vllm"] = {"kv_cache_dtype": _kv_dtype_note(spec.kv_cache_dtype, shape, kv_bytes),
                       "version": spec.vllm_version, "from": spec.vllm_version_from, "defaults_of": release.version,
                       "note": note, "gpu_memory_utilization": _utilization(spec, release),
                       "dtype": shape.dtype if shape.dtype == shape.checkpoint_dtype
                       else f"{shape.dtype} (config.json says {shape.checkpoint_dtype}; vLLM downcasts it)"}
     return result
+
+
+def _preflight(result: dict[str, Any], spec: MemorySpec, shape: ModelShape) -> None:
+    """`loads` and `kernel`: whether the vLLM release planned for loads this weight format on the named GPU."""
+    from llmprod.memory.kernels import checkpoint_format, preflight
+
+    check = preflight(checkpoint_format(shape, spec.weights), spec.gpu, spec.vllm_version) if spec.gpu else None
+    result["preflight"] = check
+    result["loads"] = check["loads"] if check else None
+    result["kernel"] = check["kernel"] if check else None
+    if check and check["loads"] is False:
+        result["reason"] = check["reason"]
+    elif check and check["loads"]:
+        result["reason"] += f"; loads with {check['kernel']}"
+
+
+def gpu_of(spec: MemorySpec) -> tuple[str | None, int | None]:
+    """(name, total bytes) of the GPU planned for, as far as the spec says."""
+    if spec.gpu:
+        label, total, _ = gpu_memory(spec.gpu)
+        return label, total
+    return None, spec.gpu_memory_bytes
+
+
+def _batch_settings(spec: MemorySpec, release: VllmRelease) -> tuple[MemorySpec, dict[str, str]]:
+    """--max-num-batched-tokens and --max-num-seqs: given, or vLLM's defaults for this GPU and entry point."""
+    label, total = gpu_of(spec)
+    tokens, seqs, why = release.batch_defaults(label, total, spec.entry_point, spec.context)
+    came = {"max_num_batched_tokens": why, "max_num_seqs": why}
+    if spec.max_num_batched_tokens is not None:
+        tokens, came["max_num_batched_tokens"] = spec.max_num_batched_tokens, "given"
+    if spec.max_num_seqs is not None:
+        seqs, came["max_num_seqs"] = spec.max_num_seqs, "given"
+    return replace(spec, max_num_batched_tokens=tokens, max_num_seqs=seqs), came
 
 
 def checkpoint_kv_scheme(shape: ModelShape) -> dict | None:
@@ -174,6 +227,7 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
     concurrency = groups.max_concurrency(num_blocks, spec.context, in_flight)
     kv_tokens = int(concurrency * spec.context)  # vLLM's "GPU KV cache size": every request at C tokens
     per_request_blocks = groups.blocks_per_request(spec.context, in_flight)
+    pool_tokens = num_blocks * groups.block_size  # every group holds num_blocks blocks of block_size tokens
     longest = max_context(groups, specs, budget, spec.batch, shape.max_position_embeddings or spec.context,
                           in_flight)
     per_token = full_attention_bytes_per_token(specs)
@@ -197,6 +251,13 @@ def _estimate(spec: MemorySpec, shape: ModelShape, config: dict, directory, kv_b
         "group_size": groups.group_size,
         "num_blocks": num_blocks,
         "kv_cache_tokens": kv_tokens,
+        "kv_pool_tokens": pool_tokens,
+        "kv_tokens_note": (f"GPU KV cache size as vLLM {release.version} logs it: concurrency × max model length, "
+                           "so a sliding-window layer's window and the tokens in flight count against it; the pool "
+                           f"itself is {num_blocks:,} blocks × {groups.block_size} tokens per layer group "
+                           f"({pool_tokens:,} tokens), the figure older vLLM releases logged"),
+        "max_num_batched_tokens": spec.max_num_batched_tokens,
+        "max_num_seqs": spec.max_num_seqs,
         "blocks_per_request": per_request_blocks,
         "context": spec.context,
         "batch": spec.batch,
@@ -236,22 +297,26 @@ def _kv_budget(spec: MemorySpec, shape: ModelShape, weights_bytes: int,
         label, total, source = "--gpu-memory", spec.gpu_memory_bytes, "given (vLLM sees the total CUDA reports)"
     utilization = _utilization(spec, release)
     usable = int(total * utilization)
-    activation = _activation_peak(spec, shape)
+    activation = _activation_peak(spec, shape, release)
     one_gpu = spec.tp * spec.pp == 1
     non_torch = release.non_torch_bytes if one_gpu else release.non_torch_bytes_parallel
-    graphs = CUDA_GRAPH_BYTES if release.deducts_cuda_graphs(shape) else 0
+    graphs = release.v1_cuda_graph_bytes if release.deducts_cuda_graphs(shape) else 0
     default = "" if spec.gpu_memory_utilization is not None else f" (vLLM {release.version}'s default)"
     lines = [
         {"item": f"GPU memory ({label})", "bytes": total, "how": source},
         {"item": f"× utilization {utilization}", "bytes": usable, "how": f"what vLLM may use{default}"},
         {"item": "− weights", "bytes": -weights_bytes, "how": "see weights"},
         {"item": "− activation peak", "bytes": -activation,
-         "how": f"profiling forward of {spec.max_num_batched_tokens} tokens + {MAX_NUM_SEQS} sequences' fp32 logits"},
+         "how": f"profiling forward of {spec.max_num_batched_tokens:,} tokens"
+                + (" (fused-MoE workspaces included)" if shape.is_moe else "")
+                + f", sampler warm-up of {spec.max_num_seqs:,} sequences' logits"
+                + (" (V1 runner: sorted for top-k/top-p)" if not release.v2_runner(shape) else "")},
         {"item": "− non-torch memory", "bytes": -non_torch,
          "how": f"CUDA context and cuBLAS workspaces, as measured with vLLM {release.version}"
                 + ("" if one_gpu else " per GPU with tensor parallelism (NCCL's buffers come before its baseline)")},
         {"item": "− CUDA graphs", "bytes": -graphs,
-         "how": "vLLM's default capture sizes (typical; 0 with --enforce-eager)" if graphs else
+         "how": f"the V1 model runner's own estimate, deducted before the KV cache (0.54-0.74 GiB measured "
+                f"with vLLM {release.version}; 0 with --enforce-eager)" if graphs else
          f"not deducted: vLLM {release.version} captures this model's graphs after sizing the KV cache "
          f"(about {CUDA_GRAPH_BYTES / GiB:.0f} GiB more than the utilization share)"},
     ]
@@ -278,17 +343,24 @@ def _reason(spec: MemorySpec, budget: int, usable: int | None, weights: int, con
     return f"{need} fit: concurrency {concurrency:.2f}x at {spec.context:,} tokens"
 
 
-def _activation_peak(spec: MemorySpec, shape: ModelShape) -> int:
-    cfg, tokens = shape.raw, spec.max_num_batched_tokens
+def _activation_peak(spec: MemorySpec, shape: ModelShape, release: VllmRelease) -> int:
+    """vLLM's profiling run: one forward of max_num_batched_tokens tokens, then the sampler's warm-up over
+    max_num_seqs sequences (see FUSED_FRACTION)."""
+    cfg, tokens, tp = shape.raw, spec.max_num_batched_tokens, spec.tp
     dtype = DTYPE_BYTES.get(shape.dtype, 2)
-    inter = max(cfg.get("intermediate_size") or 0,
-                (cfg.get("num_experts_per_tok") or 0) * (cfg.get("moe_intermediate_size") or 0))
     qkv = (shape.num_heads + 2 * shape.num_kv_heads) * shape.head_dim
-    # Live at the peak of a layer's forward: the residual stream and its norm, q/k/v and the
-    # attention output, and the MLP's gate/up output (2 × intermediate) with its activation.
-    per_token = dtype * (4 * shape.hidden_size + (qkv + 3 * inter) // spec.tp)
-    logits = MAX_NUM_SEQS * shape.vocab_size * 4
-    return tokens * per_token + logits
+    attention = 4 * shape.hidden_size + qkv // tp
+    mlp = 0.0
+    if any(not is_moe_layer(cfg, i) for i in range(shape.num_layers)):
+        mlp = FUSED_FRACTION * 3 * (cfg.get("intermediate_size") or 4 * shape.hidden_size) // tp
+    if shape.is_moe:
+        width = expert_intermediate_size(cfg) // tp
+        workspaces = experts_per_token(cfg) * (max(width, shape.hidden_size) + max(2 * width, shape.hidden_size))
+        mlp = max(mlp, workspaces)
+    forward = tokens * dtype * (FUSED_FRACTION * attention + mlp)
+    per_logit = SAMPLER_BYTES_V2 if release.v2_runner(shape) else SAMPLER_BYTES_V1
+    sampler = spec.max_num_seqs * shape.vocab_size * per_logit
+    return int(forward + sampler)
 
 
 def _layer_summary(shape: ModelShape) -> dict[str, int]:

@@ -12,6 +12,10 @@ vLLM 0.26.0, read from its source and seen in its start-up lines on an H200 (tes
   default); 0.26.0 runs dense models (and the MoE architectures in `DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES`)
   on the V2 runner, whose estimate is 0, so their graphs are captured after the KV cache is sized.
 - `dtype auto` serves a float32 config in bfloat16 (float16 where the GPU has no bfloat16): 2 bytes.
+- `--max-num-batched-tokens` and `--max-num-seqs` default by GPU and entry point (EngineArgs.get_batch_defaults):
+  on a GPU of 70 GiB or more that is not an A100, 8192 tokens and 1024 sequences for `vllm serve` (16384 for the
+  Python `LLM` class); elsewhere 2048 tokens (8192 for `LLM`) and 256 sequences; capped at max_num_seqs ×
+  max_model_len.
 - Async scheduling is on by default, so max_num_batched_tokens × (pp + 1) tokens are in flight on the V2
   runner (2 batches on V1 without pipeline parallelism): a sliding-window layer holds its window plus
   those, per request ("GPU KV cache size" is concurrency × max_model_len).
@@ -27,6 +31,10 @@ from llmprod.memory.model import ModelShape
 from llmprod.memory.sizes import GiB
 
 
+# How vLLM is started: its OpenAI server (`vllm serve`, what llmprod serve launches) or the Python LLM class.
+ENTRY_POINTS = {"serve": "vllm serve", "python": "vllm.LLM"}
+
+
 @dataclass(frozen=True)
 class VllmRelease:
     version: str
@@ -38,7 +46,28 @@ class VllmRelease:
     # The same per GPU with tensor (or pipeline) parallelism, as vLLM logs it: NCCL's buffers are set up
     # before its profiling baseline, so they do not show here.
     non_torch_bytes_parallel: int
+    # get_batch_defaults: (max_num_batched_tokens, max_num_seqs) by GPU class and entry point
+    batch_defaults_large: dict[str, tuple[int, int]]
+    batch_defaults_small: dict[str, tuple[int, int]]
+    large_gpu_bytes: int
+    # The V1 runner's "Estimated CUDA graph memory" (deducted before the KV cache is sized): 0.54-0.74 GiB for the
+    # MoE models measured on an H200 (tests/data/vllm-0.26.0); the largest is deducted, so the estimate errs small.
+    v1_cuda_graph_bytes: int
     source: str
+
+    def batch_defaults(self, gpu_label: str | None, gpu_bytes: int | None, entry_point: str,
+                       max_model_len: int) -> tuple[int, int, str]:
+        """(max_num_batched_tokens, max_num_seqs, why) as vLLM picks them when they are not given."""
+        if gpu_bytes is None:
+            large, why = True, "no GPU named: the defaults of a GPU of 70 GiB or more"
+        elif "a100" in (gpu_label or "").lower():
+            large, why = False, "an A100 gets the small-GPU defaults (vLLM: larger batches slow it down)"
+        else:
+            large = gpu_bytes >= self.large_gpu_bytes
+            why = f"a GPU {'of' if large else 'under'} {self.large_gpu_bytes // GiB} GiB"
+        tokens, seqs = (self.batch_defaults_large if large else self.batch_defaults_small)[entry_point]
+        tokens = min(tokens, seqs * max_model_len)
+        return tokens, seqs, f"vLLM {self.version}'s default for `{ENTRY_POINTS[entry_point]}` on {why}"
 
     def v2_runner(self, shape: ModelShape) -> bool:
         if not shape.is_moe:
@@ -68,6 +97,10 @@ RELEASES: dict[str, VllmRelease] = {
         non_torch_bytes=int(0.22 * GiB),
         # Llama-3.1-8B shape, tensor parallel 2 on two NVLink H200s (NVLS off): 0.06 and 0.07 GiB.
         non_torch_bytes_parallel=int(0.07 * GiB),
+        batch_defaults_large={"serve": (8192, 1024), "python": (16384, 1024)},
+        batch_defaults_small={"serve": (2048, 256), "python": (8192, 256)},
+        large_gpu_bytes=70 * GiB,
+        v1_cuda_graph_bytes=int(0.74 * GiB),
         source="vLLM 0.26.0's source and its start-up lines on an H200 (tests/data/vllm-0.26.0)",
     ),
 }

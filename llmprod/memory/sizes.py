@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from llmprod.errors import InputError
 
@@ -53,39 +54,57 @@ def parse_tokens(text: str, option: str = "--max-model-len") -> int:
     return value
 
 
-# Total memory in MiB. vLLM sizes against the total CUDA reports (torch.cuda.mem_get_info), which can be
-# a few hundred MiB under nvidia-smi's "total": the H200 row is what vLLM 0.26.0 logged on one
-# ("139.8 GiB"; nvidia-smi says 143,771 MiB). The other rows are nvidia-smi / rocm-smi totals.
-GPUS: dict[str, tuple[str, int]] = {
-    "h100": ("NVIDIA H100 80GB (SXM/PCIe)", 81_559),
-    "h200": ("NVIDIA H200 141GB", 143_157),
-    "a100-80gb": ("NVIDIA A100 80GB", 81_920),
-    "a100-40gb": ("NVIDIA A100 40GB", 40_960),
-    "l40s": ("NVIDIA L40S 48GB", 46_068),
-    "l4": ("NVIDIA L4 24GB", 23_034),
-    "a10g": ("NVIDIA A10G 24GB", 23_028),
-    "rtx4090": ("NVIDIA GeForce RTX 4090 24GB", 24_564),
-    "rtx3090": ("NVIDIA GeForce RTX 3090 24GB", 24_576),
-    "b200": ("NVIDIA B200 180GB", 183_359),
-    "mi300x": ("AMD Instinct MI300X 192GB", 196_592),
+# Total memory in MiB, CUDA compute capability (x10) or "rocm", and what vLLM reports. vLLM sizes against the
+# total CUDA reports (torch.cuda.mem_get_info), which can be a few hundred MiB under nvidia-smi's "total": the
+# H200 row is what vLLM 0.26.0 logged on one ("139.8 GiB"; nvidia-smi says 143,771 MiB). The other rows are
+# nvidia-smi / rocm-smi totals from the vendors' data sheets.
+@dataclass(frozen=True)
+class Gpu:
+    label: str
+    mib: int
+    capability: int | None  # CUDA compute capability x 10; None on ROCm
+    platform: str = "cuda"
+
+
+GPUS: dict[str, Gpu] = {
+    "h100-sxm": Gpu("NVIDIA H100 SXM 80GB", 81_559, 90),
+    "h100-pcie": Gpu("NVIDIA H100 PCIe 80GB", 81_559, 90),
+    "h200": Gpu("NVIDIA H200 141GB", 143_157, 90),
+    "b200": Gpu("NVIDIA B200 180GB", 183_359, 100),
+    "a100-80gb": Gpu("NVIDIA A100 80GB", 81_920, 80),
+    "a100-40gb": Gpu("NVIDIA A100 40GB", 40_960, 80),
+    "l40s": Gpu("NVIDIA L40S 48GB", 46_068, 89),
+    "l4": Gpu("NVIDIA L4 24GB", 23_034, 89),
+    "a10g": Gpu("NVIDIA A10G 24GB", 23_028, 86),
+    "rtx5090": Gpu("NVIDIA GeForce RTX 5090 32GB", 32_607, 120),
+    "rtx4090": Gpu("NVIDIA GeForce RTX 4090 24GB", 24_564, 89),
+    "rtx3090": Gpu("NVIDIA GeForce RTX 3090 24GB", 24_576, 86),
+    "mi300x": Gpu("AMD Instinct MI300X 192GB", 196_592, None, "rocm"),
 }
-_ALIASES = {"h100-80gb": "h100", "h100-sxm": "h100", "h100-pcie": "h100", "h200-141gb": "h200",
-            "a100": "a100-80gb", "a100-80g": "a100-80gb", "a100-40g": "a100-40gb", "4090": "rtx4090",
-            "3090": "rtx3090", "rtx-4090": "rtx4090", "rtx-3090": "rtx3090"}
+_ALIASES = {"h100": "h100-sxm", "h100-80gb": "h100-sxm", "h100sxm": "h100-sxm", "h100pcie": "h100-pcie",
+            "h200-141gb": "h200", "a100": "a100-80gb", "a100-80g": "a100-80gb", "a100-40g": "a100-40gb",
+            "4090": "rtx4090", "3090": "rtx3090", "5090": "rtx5090", "rtx-4090": "rtx4090", "rtx-3090": "rtx3090",
+            "rtx-5090": "rtx5090", "b200-180gb": "b200"}
 
 
 # Rows whose total is what CUDA reported on the GPU itself, not nvidia-smi's figure.
 CUDA_MEASURED = {"h200"}
 
 
-def gpu_memory(name: str) -> tuple[str, int, str]:
-    """(description, total bytes, where the total comes from) of a named GPU; an unknown name lists the known ones."""
+def gpu_key(name: str) -> str:
+    """The table's key for a GPU name ("H100", "a100 40gb", "RTX_4090"); an unknown name lists the known ones."""
     key = re.sub(r"[\s_]+", "-", name.strip().lower())
     key = _ALIASES.get(key, key)
     if key not in GPUS:
         known = ", ".join(k.upper() for k in GPUS)
         raise InputError(f"unknown GPU {name!r}", hint=f"use one of {known}, or --gpu-memory SIZE")
-    label, mib = GPUS[key]
+    return key
+
+
+def gpu_memory(name: str) -> tuple[str, int, str]:
+    """(description, total bytes, where the total comes from) of a named GPU; an unknown name lists the known ones."""
+    key = gpu_key(name)
+    gpu = GPUS[key]
     how = ("the total CUDA reports on it, which vLLM sees" if key in CUDA_MEASURED
-           else "nvidia-smi's total; CUDA, and so vLLM, may see a few hundred MiB less")
-    return label, mib * MiB, how
+           else "the vendor's total; CUDA, and so vLLM, may see a few hundred MiB less")
+    return gpu.label, gpu.mib * MiB, how

@@ -45,6 +45,7 @@ def spec_from_log(spec: MemorySpec, log: StartupLog) -> MemorySpec:
     return replace(spec, context=log.max_model_len, kv_cache_dtype=kv, tp=log.tensor_parallel_size or 1,
                    pp=log.pipeline_parallel_size or 1, gpu_memory_utilization=log.gpu_memory_utilization,
                    gpu_memory_bytes=int(log.total_gib * GiB), vllm_version=log.version or spec.vllm_version,
+                   max_num_batched_tokens=spec.max_num_batched_tokens or log.max_num_batched_tokens,
                    vllm_version_from="the log" if log.version else spec.vllm_version_from)
 
 

@@ -1,8 +1,9 @@
 """`estimate-memory` against vLLM 0.26.0's own start-up lines, recorded on an H200 (tests/data/vllm-0.26.0).
 
-Goals (issue #20): given vLLM's KV cache memory, its "GPU KV cache size" tokens and its maximum concurrency
-within 1%; from the GPU alone, its KV cache memory within 3%. The weights and the budget's other lines are
-checked more loosely, at what they are worth (an activation peak and rope caches are not in a config).
+Goals (issue #31): given vLLM's KV cache memory, its "GPU KV cache size" tokens and its maximum concurrency
+within 0.1%; from the GPU alone, its KV cache memory within 1.5%, and never more than 0.5% above vLLM's (a plan
+that promises KV cache vLLM will not have is the dangerous direction). The budget's other lines are checked at
+what they are worth: the peak activation is fitted (llmprod/memory/plan.py), not read from a config.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ from pathlib import Path
 import pytest
 
 from llmprod.memory.plan import MemorySpec, estimate
+from llmprod.memory.releases import RELEASES
 from llmprod.memory.sizes import GiB
 from llmprod.memory.versus import compare, read_log, spec_from_log
+from llmprod.vllm import parse_startup
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RUNS = json.loads((DATA / "vllm-0.26.0" / "runs.json").read_text())
+COMPLETE = [run for run in RUNS["runs"] if not run.get("partial")]
 
 
 def model_of(run: dict, tiny_model_dir: Path) -> str:
     return str(tiny_model_dir) if run["config"] == "tiny" else str(DATA / run["config"])
+
+
+def ids(runs: list[dict]) -> list[str]:
+    return [run["log"].removesuffix(".log") for run in runs]
 
 
 @pytest.fixture
@@ -35,41 +43,73 @@ def planned(request, tiny_model_dir):
     return run, log, spec, result, rows
 
 
-RUN_IDS = [run["log"].removesuffix(".log") for run in RUNS["runs"]]
+def _within(predicted: float, logged: float, rel: float, logged_step: float = 0.0) -> bool:
+    """`predicted` within `rel` of `logged`, which vLLM printed rounded to `logged_step`."""
+    return abs(predicted - logged) <= rel * logged + logged_step / 2
 
 
-@pytest.mark.parametrize("planned", RUNS["runs"], ids=RUN_IDS, indirect=True)
-def test_given_vllms_kv_memory_tokens_and_concurrency_are_within_1_percent(planned):
-    _, _, _, _, rows = planned
-    for figure in ("KV cache tokens (given vLLM's KV memory)", "maximum concurrency (given vLLM's KV memory)"):
-        assert rows[figure]["ratio"] == pytest.approx(1, abs=0.01), rows[figure]
+@pytest.mark.parametrize("run", RUNS["runs"], ids=ids(RUNS["runs"]))
+def test_given_vllms_kv_memory_tokens_and_concurrency_are_within_0_1_percent(run, tiny_model_dir):
+    """Every run, the partial one too: the block arithmetic alone, from vLLM's own "Available KV cache memory"
+    (printed to 0.01 GiB, which is the tolerance's floor)."""
+    log = parse_startup((DATA / "vllm-0.26.0" / run["log"]).read_text())
+    kv = int(log.kv_cache_gib * GiB)
+    spec = MemorySpec(model=model_of(run, tiny_model_dir), context=log.max_model_len,
+                      kv_cache_dtype=log.kv_cache_dtype or "auto", tp=log.tensor_parallel_size or 1,
+                      pp=log.pipeline_parallel_size or 1, kv_cache_memory_bytes=kv,
+                      max_num_batched_tokens=log.max_num_batched_tokens)
+    r = estimate(spec)
+    rounding = 0.005 * GiB / kv  # the log's two decimals of GiB, relative
+    assert _within(r["kv_cache_tokens"], log.kv_cache_tokens, 0.001 + rounding), (r["kv_cache_tokens"], log)
+    assert _within(r["max_concurrency"], log.max_concurrency, 0.001 + rounding, 0.01), (r["max_concurrency"], log)
 
 
-@pytest.mark.parametrize("planned", RUNS["runs"], ids=RUN_IDS, indirect=True)
-def test_from_the_gpu_alone_the_kv_cache_is_within_3_percent(planned):
+@pytest.mark.parametrize("planned", COMPLETE, ids=ids(COMPLETE), indirect=True)
+def test_from_the_gpu_alone_the_kv_cache_is_within_1_5_percent_and_never_0_5_percent_above(planned):
     _, log, _, result, rows = planned
     for figure in ("KV cache memory (from the GPU)", "KV cache tokens (from the GPU)",
                    "maximum concurrency (from the GPU)"):
-        assert rows[figure]["ratio"] == pytest.approx(1, abs=0.03), rows[figure]
-    # the budget, line by line: vLLM's default utilization, the measured non-torch memory, no CUDA graphs
-    # deducted (0.26.0 captures a dense model's graphs after sizing the KV cache)
+        ratio = rows[figure]["predicted"] / rows[figure]["vllm"]
+        assert 0.985 <= ratio <= 1.005, rows[figure]
+
+
+@pytest.mark.parametrize("planned", COMPLETE, ids=ids(COMPLETE), indirect=True)
+def test_the_budget_line_by_line(planned):
+    _, log, _, result, rows = planned
+    release = RELEASES["0.26.0"]
     assert result["vllm"]["gpu_memory_utilization"] == log.gpu_memory_utilization
     # (vLLM prints it in GiB to two places: 0.06 GiB per GPU with tensor parallelism is 61 MiB give or take 5)
     non_torch = rows["non-torch memory"]
-    assert abs(non_torch["predicted"] - non_torch["vllm"]) <= max(0.05 * non_torch["vllm"], 0.01 * GiB), non_torch
-    assert rows["CUDA graphs deducted from the KV budget"]["predicted"] == 0
+    assert abs(non_torch["predicted"] - non_torch["vllm"]) <= 0.03 * GiB, non_torch
+    # the V1 model runner (MoE models outside vLLM's V2 list) deducts its own CUDA graph estimate before sizing
+    # the KV cache; llmprod deducts the largest seen. The V2 runner deducts nothing.
+    graphs = rows["CUDA graphs deducted from the KV budget"]["predicted"]
+    if log.cuda_graph_estimate_gib is not None:
+        assert graphs == release.v1_cuda_graph_bytes >= log.cuda_graph_estimate_gib * GiB
+    else:
+        assert graphs == 0
     activation = rows["peak activation"]
-    assert abs(activation["predicted"] - activation["vllm"]) < 0.3 * GiB, activation
+    assert -0.3 * GiB <= activation["predicted"] - activation["vllm"] <= 0.6 * GiB, activation
 
 
-@pytest.mark.parametrize("planned", [r for r in RUNS["runs"] if r["config"] != "tiny"],
-                         ids=[i for i, r in zip(RUN_IDS, RUNS["runs"]) if r["config"] != "tiny"], indirect=True)
+@pytest.mark.parametrize("run", [r for r in COMPLETE if r["log"].startswith("h200-dummy")],
+                         ids=ids([r for r in COMPLETE if r["log"].startswith("h200-dummy")]))
+def test_the_batch_settings_are_vllms_defaults_for_the_gpu(run):
+    """vLLM logs max_num_batched_tokens; estimate-memory's default for an H200 and `vllm serve` is the same."""
+    log = read_log(DATA / "vllm-0.26.0" / run["log"])
+    r = estimate(MemorySpec(model=str(DATA / run["config"]), context=log.max_model_len, gpu="H200"))
+    assert r["max_num_batched_tokens"] == log.max_num_batched_tokens == 8192
+    assert r["max_num_seqs"] == 1024
+
+
+@pytest.mark.parametrize("planned", [r for r in COMPLETE if r["config"] != "tiny"],
+                         ids=ids([r for r in COMPLETE if r["config"] != "tiny"]), indirect=True)
 def test_weights_are_within_5_percent(planned):
     _, _, _, _, rows = planned
     assert rows["weights"]["ratio"] == pytest.approx(1, abs=0.05), rows["weights"]
 
 
-@pytest.mark.parametrize("planned", [r for r in RUNS["runs"] if r["config"] == "tiny"], ids=["tiny"], indirect=True)
+@pytest.mark.parametrize("planned", [r for r in COMPLETE if r["config"] == "tiny"], ids=["tiny"], indirect=True)
 def test_a_float32_config_is_sized_as_vllm_serves_it_in_bfloat16(planned):
     _, log, spec, result, _ = planned
     assert log.downcast == "torch.float32 to torch.bfloat16"
