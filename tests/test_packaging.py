@@ -54,6 +54,12 @@ def test_a_wheel_in_a_fresh_virtualenv_finds_its_recipes_and_policies(tmp_path):
                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert helped.returncode == 0, helped.stderr
     assert "awq-w4a16, fp8-block, gptq-w4a16, gptq-w8a16, nvfp4a16, w8a8-fp8" in helped.stdout
+    # the kernel table (package data of llmprod.memory) ships too: the preflight answers from the wheel
+    config = Path(__file__).resolve().parent / "data" / "vllm-0.26.0" / "llama-3.1-8b-w8a8-fp8.json"
+    preflight = subprocess.run([str(llmprod_bin), "estimate-memory", str(config), "--gpu", "A100", "--max-model-len",
+                                "4096", "--json"], capture_output=True, text=True, cwd=tmp_path)
+    assert preflight.returncode == 0, preflight.stderr
+    assert json.loads(preflight.stdout)["kernel"] == "Marlin FP8 (weight-only fallback)"
     version = subprocess.run([str(llmprod_bin), "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert version.stdout.strip() == f"llmprod {llmprod.__version__}"
 
