@@ -67,6 +67,10 @@ TensorParallelOpt = Annotated[Optional[int], typer.Option(
 PipelineParallelOpt = Annotated[Optional[int], typer.Option(
     "--pipeline-parallel-size", "-pp", "--pp", min=1, show_default=False,
     help="vLLM's --pipeline-parallel-size: stages of layers, a GPU group each [default: 1].")]
+DataParallelOpt = Annotated[Optional[int], typer.Option(
+    "--data-parallel-size", "-dp", "--dp", min=1, show_default=False,
+    help="vLLM's --data-parallel-size: engine replicas of tp × pp GPUs each on this host, load-balanced by vLLM "
+         "itself [default: 1].")]
 MaxModelLenOpt = Annotated[Optional[int], typer.Option(
     "--max-model-len", "--context", parser=_tokens, metavar="TOKENS", show_default=False,
     help="vLLM's --max-model-len: tokens per sequence, prompt and output; 8k = 8,000, 8K = 8,192 "

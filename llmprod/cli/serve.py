@@ -9,8 +9,16 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.bundled import RECIPES, names
-from llmprod.cli.options import (GpuMemoryUtilizationOpt, JsonOpt, KvCacheDtypeOpt, MaxModelLenOpt,
-                                 PipelineParallelOpt, ServeApiKeyOpt, TensorParallelOpt)
+from llmprod.cli.options import (
+    DataParallelOpt,
+    GpuMemoryUtilizationOpt,
+    JsonOpt,
+    KvCacheDtypeOpt,
+    MaxModelLenOpt,
+    PipelineParallelOpt,
+    ServeApiKeyOpt,
+    TensorParallelOpt,
+)
 from llmprod.serve.spec import EngineOptions, ServeSpec
 
 DEFAULTS = ServeSpec()
@@ -57,6 +65,7 @@ def serve(
     kv_cache_dtype: KvCacheDtypeOpt = None,
     tensor_parallel_size: TensorParallelOpt = None,
     pipeline_parallel_size: PipelineParallelOpt = None,
+    data_parallel_size: DataParallelOpt = None,
     vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The `vllm` executable of vLLM's own "
                                                     "environment.")] = None,
     served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients use "
@@ -79,7 +88,7 @@ def serve(
 
         options = EngineOptions(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                                 kv_cache_dtype=kv_cache_dtype, tensor_parallel_size=tensor_parallel_size,
-                                pipeline_parallel_size=pipeline_parallel_size,
+                                pipeline_parallel_size=pipeline_parallel_size, data_parallel_size=data_parallel_size,
                                 extra_args=tuple(ctx.args))
         spec = ServeSpec(model=model, engine=engine.value, upstream=upstream, host=host, port=port,
                          guardrails=guardrails, no_guardrails=no_guardrails, api_key=api_key or None, api_keys=api_keys,

@@ -11,7 +11,7 @@ from llmprod.errors import InputError
 # Options that only mean something to vLLM (each passed as --max-model-len etc.): refused with the
 # embedded engine instead of silently ignored.
 VLLM_ONLY = ("max_model_len", "gpu_memory_utilization", "kv_cache_dtype", "tensor_parallel_size",
-             "pipeline_parallel_size")
+             "pipeline_parallel_size", "data_parallel_size")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class EngineOptions:
     kv_cache_dtype: str | None = None
     tensor_parallel_size: int | None = None
     pipeline_parallel_size: int | None = None
+    # vLLM's own data parallelism: N engine ranks of tp × pp GPUs each in one process group, its own load
+    # balancing in front of them; still one engine to llmprod (one port, one supervisor, one SIGTERM)
+    data_parallel_size: int | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -74,7 +77,7 @@ class ServeSpec:
         gmu = self.engine_options.gpu_memory_utilization
         if gmu is not None and not 0 < gmu <= 1:
             raise InputError(f"--gpu-memory-utilization {gmu} is not in (0, 1]", hint="e.g. 0.9")
-        for name in ("max_model_len", "tensor_parallel_size", "pipeline_parallel_size"):
+        for name in ("max_model_len", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             value = getattr(self.engine_options, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1", hint="see `llmprod serve --help`")

@@ -47,6 +47,16 @@ def test_vllm_command_line_binds_loopback_and_passes_flags_through():
     assert command.base_url == "http://127.0.0.1:41000"
 
 
+def test_data_parallelism_is_vllms_own_one_engine_to_supervise():
+    """serve --data-parallel-size N: vLLM runs N ranks behind its one API server and balances them itself; llmprod
+    still starts, watches and stops one process group on one port."""
+    command = vllm_command("/venv/bin/vllm", "./llama", "llama", 41000, EngineOptions(data_parallel_size=2,
+                           tensor_parallel_size=1), "test")
+    assert command.argv[-4:] == ("--tensor-parallel-size", "1", "--data-parallel-size", "2")
+    with pytest.raises(InputError, match="--data-parallel-size only apply to the vLLM engine"):
+        transformers_command("./tiny", 41001, EngineOptions(data_parallel_size=2), "test")
+
+
 def test_transformers_command_refuses_vllm_only_flags(tmp_path):
     command = transformers_command("./tiny", 41001, EngineOptions(), "test", cache_dir=tmp_path / "cache")
     assert command.argv[1:5] == ("-m", "transformers.cli.transformers", "serve", "./tiny")

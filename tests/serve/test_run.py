@@ -72,7 +72,7 @@ def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fa
     pid_file = tmp_path / "child.pid"
     port = free_port()
     proc, ready = serve_process("./some-model", "--engine", "vllm", "--vllm-bin", str(fake_vllm), "--port", str(port),
-                              "--api-key", "k", "--engine-log", str(tmp_path / "e.log"), "--", "--enforce-eager",
+                              "--api-key", "k", "--engine-log", str(tmp_path / "e.log"), "-dp", "2", "--", "--enforce-eager",
                               env={"FAKE_ENGINE_CHILD_PID_FILE": str(pid_file), "FAKE_VLLM_STARTUP_LOG": str(VLLM_LOG)})
     try:
         assert ready["engine"] == "vllm" and ready["models"] == ["./some-model"]
@@ -87,6 +87,8 @@ def test_serve_with_a_vllm_binary_then_signal_stops_everything(serve_process, fa
         # A stream in flight when the signal comes is allowed to finish (grace period).
         body = {"model": "./some-model", "stream": True, "messages": [{"role": "user", "content": "chunks:a|b|c"}]}
         assert "--enforce-eager" in (tmp_path / "e.log").read_text()  # flags after -- reach the engine
+        # vLLM's data parallelism (issue #33): one engine process group to supervise, ranks behind one port
+        assert "--data-parallel-size 2" in (tmp_path / "e.log").read_text()
         engine_pid = ready["engine_pid"]
         child_pid = int(pid_file.read_text())
         with httpx.stream("POST", f"{ready['url']}/chat/completions", json=body,
