@@ -30,7 +30,6 @@ from llmprod.errors import InputError
 from llmprod.memory.model import ModelShape
 from llmprod.memory.sizes import GiB
 
-
 # How vLLM is started: its OpenAI server (`vllm serve`, what llmprod serve launches) or the Python LLM class.
 ENTRY_POINTS = {"serve": "vllm serve", "python": "vllm.LLM"}
 
