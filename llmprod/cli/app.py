@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod import __version__
-from llmprod.cli import bench, estimate_memory, guardrails, perplexity, quantize, serve, tiny_model
+from llmprod.cli import bench, deploy, estimate_memory, guardrails, perplexity, quantize, serve, tiny_model
 from llmprod.cli.usage import LlmprodGroup
 
 EPILOG = "\n\n".join(
     ["[bold]Examples[/bold] (each command's --help says more):"]
-    + [m.EXAMPLE.removeprefix("Example: ") for m in (quantize, perplexity, estimate_memory, serve, guardrails, bench, tiny_model)]
+    + [m.EXAMPLE.removeprefix("Example: ") for m in (quantize, perplexity, estimate_memory, serve, guardrails, bench, deploy, tiny_model)]
     + ["Exit codes: 0 ok, 1 a check or gate failed, 2 bad input. LLMPROD_DEBUG=1 shows tracebacks."]
 )
 
@@ -36,6 +36,7 @@ app.command("estimate-memory", epilog=estimate_memory.EXAMPLE)(estimate_memory.e
 app.command("serve", epilog=serve.EXAMPLE, context_settings=serve.CONTEXT)(serve.serve)
 app.add_typer(guardrails.app, name="guardrails")
 app.command("bench", epilog=bench.EXAMPLE)(bench.bench)
+app.command("deploy", epilog=deploy.EXAMPLE)(deploy.deploy)
 app.command("tiny-model", epilog=tiny_model.EXAMPLE)(tiny_model.tiny_model)
 
 

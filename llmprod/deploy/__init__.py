@@ -1,0 +1,1 @@
+"""`llmprod deploy`: the plan llmprod measured, rendered as a guarded vLLM fleet for Kubernetes."""
