@@ -95,4 +95,10 @@ input:
 YAML
 run llmprod guardrails scan "$WORK/texts.txt" --policy "$WORK/sandwich.yaml"
 
+step "12. past one host: the AWQ model as a guarded vLLM fleet for Kubernetes, from its memory plan and perplexity gate"
+run llmprod deploy "$WORK/tiny-awq" --model-uri pvc://models/tiny-awq --gpu L4 --max-model-len 2048 \
+    --perplexity "$WORK/perplexity-awq.json" --image-gateway registry.example.com/llmprod-gateway:dev \
+    --output "$WORK/k8s"   # writes manifests and a README; applies nothing
+run ls "$WORK/k8s"
+
 step "done: work files are in $WORK"
