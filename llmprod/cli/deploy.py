@@ -25,11 +25,12 @@ def deploy(
                                               "or a hub id.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="A new directory for the manifests and their README.",
                                          show_default=False)],
+    gpu: Annotated[str, typer.Option("--gpu", help="The GPU of the engine nodes, as estimate-memory names it "
+                                     "(H100, L4, ...): the plan must fit it and its kernels must load the format.",
+                                     show_default=False)],
     target: Annotated[str, typer.Option("--target", help="kubernetes (Deployments) or kserve (an InferenceService "
                                         "for the engine).", case_sensitive=False)] = "kubernetes",
-    gpu: Annotated[str, typer.Option("--gpu", help="The GPU of the engine nodes, as estimate-memory names it "
-                                     "(H100, L4, ...): the plan must fit it and its kernels must load the format.")]
-    = "H100",
+
     image_gateway: Annotated[Optional[str], typer.Option("--image-gateway", help="The gateway image your cluster pulls "
                                                          "(build deploy/gateway.Dockerfile).", show_default=False)] = None,
     image_engine: Annotated[str, typer.Option("--image-engine", help="vLLM's image; its release is the one planned for.")]

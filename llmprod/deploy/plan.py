@@ -110,7 +110,8 @@ def build_plan(spec: DeploySpec) -> DeployPlan:
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?", name):
         raise InputError(f"--name {name!r} is not a Kubernetes name", hint="lowercase letters, digits and dashes, "
                                                                           "at most 40 characters")
-    served = spec.checkpoint.rstrip("/").rsplit("/", 1)[-1] if Path(spec.checkpoint).exists() else spec.checkpoint
+    local = Path(spec.checkpoint)
+    served = (local.parent if local.is_file() else local).resolve().name if local.exists() else spec.checkpoint
     replicas, replicas_from = _replicas(spec)
     provenance = {"memory-plan": _memory_note(memory), "replicas": replicas_from}
     provenance.update(_checkpoint_notes(spec.checkpoint))

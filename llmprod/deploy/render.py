@@ -319,6 +319,7 @@ curl -s localhost:8080/metrics | grep llmprod_
 ```
 
 The engine pods start in minutes, not seconds (download, torch.compile, CUDA graphs): the startup probe allows
-30 minutes. The gateway answers 503 until the engine is ready. Manifests were validated offline against the
-Kubernetes {KUBERNETES_VERSIONS[0]}-{KUBERNETES_VERSIONS[-1]} schemas{" and KServe " + KSERVE_VERSION + "'s CRD" if s.target == "kserve" else ""}.
+30 minutes. The gateway answers 503 until the engine is ready. llmprod's tests validate manifests rendered this
+way against the Kubernetes {KUBERNETES_VERSIONS[0]}-{KUBERNETES_VERSIONS[-1]} schemas{" and KServe " + KSERVE_VERSION + "'s CRD" if s.target == "kserve" else ""}; check these
+against your cluster with `kubectl apply --dry-run=server -f .`.
 """
