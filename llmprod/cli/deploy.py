@@ -7,14 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import (
-    GpuMemoryUtilizationOpt,
-    JsonOpt,
-    KvCacheDtypeOpt,
-    MaxModelLenOpt,
-    PipelineParallelOpt,
-    TensorParallelOpt,
-)
+from llmprod.cli.options import (GpuMemoryUtilizationOpt, JsonOpt, KvCacheDtypeOpt, MaxModelLenOpt,
+                                 PipelineParallelOpt, TensorParallelOpt)
 
 EXAMPLE = ("Example: [bold]llmprod deploy ./llama-awq --model-uri s3://models/llama-awq --target kubernetes --gpu L4 "
            "--image-gateway registry.example.com/llmprod-gateway:0.1 --output k8s/[/bold]")

@@ -7,15 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmprod.cli.options import (
-    GpuMemoryUtilizationOpt,
-    JsonOpt,
-    KvCacheDtypeOpt,
-    MaxModelLenOpt,
-    PipelineParallelOpt,
-    RevisionOpt,
-    TensorParallelOpt,
-)
+from llmprod.cli.options import (GpuMemoryUtilizationOpt, JsonOpt, KvCacheDtypeOpt, MaxModelLenOpt,
+                                 PipelineParallelOpt, RevisionOpt, TensorParallelOpt)
 
 EXAMPLE = ("Example: [bold]llmprod estimate-memory meta-llama/Llama-3.1-8B-Instruct --weights w4a16 --gpu L4 "
            "--max-model-len 8k[/bold]")

@@ -9,16 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from llmprod.bundled import RECIPES, names
-from llmprod.cli.options import (
-    DataParallelOpt,
-    GpuMemoryUtilizationOpt,
-    JsonOpt,
-    KvCacheDtypeOpt,
-    MaxModelLenOpt,
-    PipelineParallelOpt,
-    ServeApiKeyOpt,
-    TensorParallelOpt,
-)
+from llmprod.cli.options import (DataParallelOpt, GpuMemoryUtilizationOpt, JsonOpt, KvCacheDtypeOpt, MaxModelLenOpt,
+                                 PipelineParallelOpt, ServeApiKeyOpt, TensorParallelOpt)
 from llmprod.serve.spec import EngineOptions, ServeSpec
 
 DEFAULTS = ServeSpec()

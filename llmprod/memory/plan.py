@@ -7,26 +7,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from llmprod.errors import InputError
-from llmprod.memory.kvcache import (
-    KVGroups,
-    LayerSpec,
-    cdiv,
-    full_attention_bytes_per_token,
-    group_layers,
-    layer_specs,
-    max_context,
-    pp_layer_counts,
-    stage_layers,
-)
-from llmprod.memory.model import (
-    DTYPE_BYTES,
-    ModelShape,
-    expert_intermediate_size,
-    experts_per_token,
-    is_moe_layer,
-    load_config,
-    model_shape,
-)
+from llmprod.memory.kvcache import (KVGroups, LayerSpec, cdiv, full_attention_bytes_per_token, group_layers,
+                                    layer_specs, max_context, pp_layer_counts, stage_layers)
+from llmprod.memory.model import (DTYPE_BYTES, ModelShape, expert_intermediate_size, experts_per_token, is_moe_layer,
+                                  load_config, model_shape)
 from llmprod.memory.releases import ENTRY_POINTS, NEWEST, VllmRelease, release_for
 from llmprod.memory.sizes import GiB, format_bytes, gpu_memory
 from llmprod.memory.weights import estimate_weights, safetensors_from_hub, safetensors_tensors, weight_format
