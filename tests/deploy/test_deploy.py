@@ -195,7 +195,12 @@ def test_the_gateway_fronts_the_engine_with_the_policy_and_the_dockerfiles_user(
     assert dockerfile.baseimage.startswith("python:3.11-slim")
     kinds = {o["kind"] for o in objects}
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "Service", "ConfigMap"} <= kinds
-    policy = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["policy.yaml"])
+    policy_text = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["policy.yaml"]
+    from llmprod.guardrails.policy import load_policy
+
+    (out.parent / "policy.yaml").write_text(policy_text)
+    assert load_policy(out.parent / "policy.yaml").name == doc["provenance"]["guardrails"].split()[1]  # serve reads it
+    policy = yaml.safe_load(policy_text)
     if shape == "qwen3-8b-sandwich":
         guards = [o for o in objects if o["kind"] == "Deployment" and "-guard-" in o["metadata"]["name"]]
         assert [g["spec"]["template"]["spec"]["containers"][0]["args"][0] for g in guards] == ["meta-llama/Llama-Guard-3-1B"]
