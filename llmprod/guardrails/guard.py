@@ -56,6 +56,12 @@ class PolicyGuard:
     def has_output_checks(self) -> bool:
         return bool(self.stages["output"])
 
+    @property
+    def input_mode(self) -> str:
+        """"parallel": the gateway may send the request upstream once start_input's deterministic decision allows
+        it; "before": only after every input check (the policy's `input_mode`)."""
+        return self.policy.input_mode
+
     def deterministic(self, stage: str) -> list[PatternCheck]:
         return [c for c in self.stages[stage] if isinstance(c, PatternCheck)]
 
@@ -142,18 +148,35 @@ class PolicyGuard:
     async def check_input(self, texts: list[str], model_texts: list[str] | None = None) -> Decision:
         """Every text through the deterministic checks; `model_texts` (default: the same) through the
         model checks, whose verdict is on a conversation's untrusted turns (Llama Guard judges the last)."""
+        decision, pending = self.start_input(texts, model_texts)
+        return decision if pending is None else await pending
+
+    def start_input(self, texts: list[str], model_texts: list[str] | None = None
+                    ) -> tuple[Decision, asyncio.Future[Decision] | None]:
+        """The deterministic checks now: their decision (the texts redacted; blocked if they block). The model
+        checks, when there are any and the cheap layer did not block, as a started task whose result is the
+        whole decision. Model checks never change the texts, so the redacted texts can go upstream before
+        their verdict (input_mode parallel); the caller must await or cancel the task."""
         timings: dict[str, float] = {}
         checks = self.deterministic("input")
         per_text = [self.scan_with(t, "input", checks, timings) for t in texts]
         findings = [f for found in per_text for f in found]
+        self.report("input", findings, timings)
+        decision = Decision([redact(t, found) for t, found in zip(texts, per_text)], findings)
         judged = texts if model_texts is None else model_texts
-        try:
-            if judged and not any(f.action == "block" for f in findings):
-                # Model checks only when the cheap layer did not already block (deterministic first).
-                findings += await self.run_models("input", judged, judged[-1], timings)
-        finally:
-            self.report("input", findings, timings)
-        return Decision([redact(t, found) for t, found in zip(texts, per_text)], findings)
+        if not judged or decision.blocked or not self.model_checks("input"):
+            return decision, None
+
+        async def models() -> Decision:
+            model_timings: dict[str, float] = {}
+            found: list[Finding] = []
+            try:
+                found = await self.run_models("input", judged, judged[-1], model_timings)
+            finally:
+                self.report("input", found, model_timings)
+            return Decision(decision.texts, findings + found)
+
+        return decision, asyncio.ensure_future(models())
 
     async def check_output(self, text: str, context: str) -> Decision:
         timings: dict[str, float] = {}

@@ -9,6 +9,11 @@
       - check: pii
         action: redact
 
+`input_mode` (top level) says when the request may go to the engine: `parallel` (the default) sends it as
+soon as the deterministic checks have passed and redacted it, while the model checks (Llama Guard, Prompt
+Guard) run, and releases nothing of the answer until they have passed; `before` waits for every input check,
+for prompts that must never reach the model.
+
 A policy is validated completely on load, and every mistake is reported with its line.
 """
 
@@ -29,12 +34,16 @@ BUNDLED = RECIPES / "guardrails"
 DEFAULT_POLICY = BUNDLED / "default.yaml"
 
 
+INPUT_MODES = ("parallel", "before")
+
+
 @dataclass
 class Policy:
     name: str
     source: str
     input: list[CheckConfig] = field(default_factory=list)
     output: list[CheckConfig] = field(default_factory=list)
+    input_mode: str = "parallel"  # INPUT_MODES
 
     def checks(self, stage: str) -> list[CheckConfig]:
         return self.input if stage == "input" else self.output
@@ -89,12 +98,17 @@ def _parse(root, path: Path, registry: dict[str, CheckType]) -> Policy:
     if root is None:
         raise ConfigError(f"{path} is empty", hint="a policy needs `input:` and/or `output:` lists of checks")
     top = _mapping(root, path, "a policy")
-    unknown = set(top) - {"name", "description", "input", "output"}
+    unknown = set(top) - {"name", "description", "input_mode", "input", "output"}
     if unknown:
         key = next(k for k, _ in root.value if k.value in unknown)
-        raise _err(path, _line(key), f"unknown key {key.value!r} (known: name, description, input, output)")
+        raise _err(path, _line(key), f"unknown key {key.value!r} (known: name, description, input_mode, input, "
+                                     "output)")
     name = _plain(top["name"]) if "name" in top else path.stem
-    policy = Policy(name=str(name), source=str(path))
+    mode = str(_plain(top["input_mode"])) if "input_mode" in top else "parallel"
+    if mode not in INPUT_MODES:
+        raise _err(path, _line(top["input_mode"]), f"input_mode {mode!r} is not one of {', '.join(INPUT_MODES)}",
+                   "parallel: the request goes upstream while the model checks run; before: after them")
+    policy = Policy(name=str(name), source=str(path), input_mode=mode)
     for stage in STAGES:
         node = top.get(stage)
         if node is None:

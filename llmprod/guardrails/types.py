@@ -121,6 +121,9 @@ class Guard(Protocol):
 
     async def check_input(self, texts: list[str], model_texts: list[str] | None = None) -> Decision: ...
 
+    # Optional (the gateway falls back to check_input without them): `input_mode` "parallel" | "before", and
+    # start_input(texts, model_texts) -> (the deterministic Decision, a task of the whole Decision or None).
+
     async def check_output(self, text: str, context: str) -> Decision: ...
 
     def output_stream(self, context: str) -> OutputStream: ...

@@ -88,6 +88,10 @@ class GatewayMetrics:
                                        "One guardrail check's time for one request and stage (a stream's chunks "
                                        "summed; check=prefilter is the shared RE2 pass).",
                                        ["stage", "check"], buckets=GUARD_BUCKETS, registry=registry)
+        self.input_cancelled = Counter("llmprod_guardrail_input_cancelled",
+                                       "Requests the engine had already received (input_mode parallel) when the input "
+                                       "model checks blocked them: cancelled there, answered 400.",
+                                       ["route"], registry=registry)
         self.guard_fields = Counter("llmprod_guardrail_output_fields",
                                     "Fields of generated text the output guardrails scanned, once per answer and "
                                     "field (content, reasoning, tool_call, logprobs, text, ...).",

@@ -60,12 +60,27 @@ class ScriptedUpstream:
     (POST without `stream`) with the bodies queued by `answer(body)`; the payloads the gateway sent are kept
     in `requests`."""
 
-    def __init__(self, base_url: str = "http://scripted.invalid") -> None:
+    def __init__(self, base_url: str = "http://scripted.invalid", delay: float = 0.0) -> None:
         self.base_url = base_url
         self.scripts: list[list[bytes]] = []
         self.answers: list[dict] = []
         self.streams: list[ScriptedStream] = []
         self.requests: list[dict] = []
+        self.delay = delay  # seconds before a generation answers (its prefill), during which it can be cancelled
+        self.started: list[float] = []  # time.perf_counter() when each generation request arrived
+        self.cancelled = 0  # generation requests the gateway cancelled before they answered
+
+    async def _prefill(self, payload: dict) -> None:
+        import asyncio
+        import time
+
+        self.requests.append(payload)
+        self.started.append(time.perf_counter())
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
 
     def script(self, *reads: bytes) -> "ScriptedUpstream":
         self.scripts.append(list(reads))
@@ -77,14 +92,15 @@ class ScriptedUpstream:
 
     async def call(self, method: str, path: str, payload: dict | None = None, headers: dict | None = None,
                    timeout: float | None = None) -> Answer:
-        self.requests.append(payload or {})
         if method == "POST" and self.answers:
+            await self._prefill(payload or {})
             return Answer(200, json.dumps(self.answers.pop(0)).encode(), "application/json")
+        self.requests.append(payload or {})
         return Answer(200, json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]}).encode(),
                       "application/json")
 
     async def stream(self, path: str, payload: dict) -> ScriptedStream:
-        self.requests.append(payload)
+        await self._prefill(payload)
         self.streams.append(ScriptedStream(self.scripts.pop(0)))
         return self.streams[-1]
 

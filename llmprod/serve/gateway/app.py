@@ -6,10 +6,16 @@
     /v1/chat/completions, /v1/completions, /v1/responses
         read and check the request → input guardrails → the engine (Upstream) → the answer, whole
         (output guardrails on every field, fields.py) or streamed (relay.py; guarded.py, responses.py)
+
+Input guardrails in a policy's `input_mode: parallel` (the default): the deterministic checks run first and
+redact the request; it then goes to the engine at once while the model checks run (the prefill overlaps
+them), and the answer's first byte (its status line included) waits for their verdict. A block cancels the
+engine's request (the connection drops; vLLM aborts it) and answers the usual 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
@@ -124,20 +130,21 @@ class Gateway:
 
     async def generate(self, route: str, request):
         arrived = time.perf_counter()
-        status, streaming = 500, False
+        status, streaming, verdict = 500, False, None
         try:
             body = await read_json(request, self.config.max_body_size)
             asked = body.get("model")
-            context = await self._check_input(route, body)
+            context, verdict = await self._check_input(route, body)
             rename = model_renamer(body["model"], asked) if self.config.models is not None else None
             # The gateway's choice, said to the engine: OpenAI's default is whole, some engines' (transformers
             # serve on /v1/responses) is streamed.
             body["stream"] = bool(body.get("stream"))
             if body["stream"]:
-                response = await self._stream(route, body, context, arrived, request.state.request_id, rename)
+                response = await self._stream(route, body, context, arrived, request.state.request_id, rename,
+                                              verdict)
                 streaming = True  # the relay counts the request when the stream ends
                 return response
-            response = await self._complete(route, body, context, arrived, rename)
+            response = await self._complete(route, body, context, arrived, rename, verdict)
             status = response.status_code
             return response
         except GatewayError as exc:
@@ -148,12 +155,14 @@ class Gateway:
             status = error.status
             return error.response()
         finally:
+            if verdict is not None and not verdict.done():  # the request failed before the verdict was awaited
+                verdict.cancel()
             if not streaming:
                 self.metrics.requests.labels(route, str(status)).inc()
 
-    async def _check_input(self, route: str, body: dict) -> str:
-        """Validate the request and run the input guardrails (redacting in place); the user turn an answer is
-        judged against."""
+    async def _check_input(self, route: str, body: dict) -> tuple[str, asyncio.Future | None]:
+        """Validate the request and run the input guardrails (redacting in place): the user turn an answer is
+        judged against, and (input_mode parallel) the model checks' verdict still to come, or None."""
         check_fields(body, self.config.models)
         texts = input_texts(route, body)
         if not self.state.up:
@@ -161,20 +170,40 @@ class Gateway:
         if self.guard is not None and self.guard.has_output_checks:
             refuse_unguardable(route, body)
         if self.guard is None or not self.guard.has_input_checks:
-            return texts.user_context()
+            return texts.user_context(), None
         if texts.opaque:
             raise bad_request("token-id prompts cannot be checked by the input guardrails; send text")
         if texts.unreadable:
             raise bad_request(f"the input guardrails cannot read {texts.unreadable}; send text parts",
                               "unguarded_field")
-        decision = await self.guard.check_input(texts.values, texts.untrusted())
+        pending = None
+        if getattr(self.guard, "input_mode", "before") == "parallel":
+            decision, pending = self.guard.start_input(texts.values, texts.untrusted())
+        else:
+            decision = await self.guard.check_input(texts.values, texts.untrusted())
         if decision.blocked:
-            raise GatewayError(400, "the request was blocked by the input guardrails (categories: "
-                               f"{', '.join(decision.categories)})", "invalid_request_error",
-                               "content_policy_violation")
+            raise input_blocked(decision)
         if decision.texts != texts.values:
             texts.write_back(decision.texts)
-        return texts.user_context()
+        return texts.user_context(), pending
+
+    async def _behind_verdict(self, route: str, upstream, verdict: asyncio.Future | None, drop=None):
+        """The engine's answer (awaitable `upstream`, already on its way) once the input checks' `verdict` has
+        passed. A block or a failed check cancels the engine's request first: `drop` closes what the engine
+        already answered (a stream's connection), so it aborts the generation."""
+        if verdict is None:
+            return await upstream
+        call = asyncio.ensure_future(upstream)
+        try:
+            decision = await verdict
+        except BaseException:
+            await _cancel(call, drop)
+            raise
+        if decision.blocked:
+            await _cancel(call, drop)
+            self.metrics.input_cancelled.labels(route).inc()
+            raise input_blocked(decision)
+        return await call
 
     # -- the engine -----------------------------------------------------------------------------------------
     async def _call(self, method: str, path: str, payload: dict | None) -> Answer:
@@ -183,10 +212,10 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failed(exc, self.state, self.config.request_timeout) from None
 
-    async def _complete(self, route: str, payload: dict, context: str, arrived: float, rename=None):
+    async def _complete(self, route: str, payload: dict, context: str, arrived: float, rename=None, verdict=None):
         from starlette.responses import JSONResponse
 
-        answer = await self._call("POST", PATHS[route], payload)
+        answer = await self._behind_verdict(route, self._call("POST", PATHS[route], payload), verdict)
         if rename is not None:
             answer = replace(answer, content=rename(answer.content))
         if answer.status != 200:
@@ -227,13 +256,15 @@ class Gateway:
                 raise Unguardable("choices[]")
             await check_choice(self.guard, choice, route == "chat", context, on_field)
 
-    async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str, rename=None):
+    async def _stream(self, route: str, payload: dict, context: str, arrived: float, request_id: str, rename=None,
+                      verdict=None):
         options = payload.get("stream_options")
         client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if route != "responses":  # a response's usage comes in response.completed
             payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         try:
-            response = await self.upstream.stream(PATHS[route], payload)
+            response = await self._behind_verdict(route, self.upstream.stream(PATHS[route], payload), verdict,
+                                                  drop=lambda stream: stream.close())
         except UpstreamError as exc:
             raise upstream_failed(exc, self.state, self.config.request_timeout) from None
         if response.status != 200:
@@ -251,3 +282,16 @@ class Gateway:
         relay.rename = rename
         return CancellingStream(relay.run(), on_close=relay.close, media_type="text/event-stream",
                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def input_blocked(decision) -> GatewayError:
+    return GatewayError(400, "the request was blocked by the input guardrails (categories: "
+                        f"{', '.join(decision.categories)})", "invalid_request_error", "content_policy_violation")
+
+
+async def _cancel(call: asyncio.Future, drop) -> None:
+    """Cancel the engine's request; if it had already answered (a stream's headers), close that answer."""
+    call.cancel()
+    done = (await asyncio.gather(call, return_exceptions=True))[0]
+    if drop is not None and not isinstance(done, BaseException):
+        drop(done)
