@@ -69,6 +69,13 @@ def serve(
     engine_log: Annotated[Optional[Path], typer.Option("--engine-log", help="Where the engine's output goes.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Gateway processes sharing the port (one engine): "
                                          "for more streamed tokens a second than one core relays.")] = DEFAULTS.workers,
+    guard_gpu: Annotated[Optional[int], typer.Option("--guard-gpu", min=0, help="With --engine vllm: serve the "
+                                                     "policy's Llama Guard models on this GPU [default: the main "
+                                                     "model's, its memory split between them].",
+                                                     show_default=False)] = None,
+    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="The GPU's memory for that split, with "
+                                                      "its unit (80GiB) [default: what nvidia-smi reports].",
+                                                      show_default=False)] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Serve a model with vLLM or the embedded engine behind a guarded OpenAI-compatible gateway."""
@@ -87,7 +94,8 @@ def serve(
                          max_concurrency=max_concurrency, max_body_size=parse_size(max_body_size, "--max-body-size"),
                          request_timeout=request_timeout, served_model_name=served_model_name,
                          engine_options=options, vllm_bin=vllm_bin, engine_timeout=engine_timeout,
-                         grace_period=grace_period, engine_log=engine_log, workers=workers)
+                         grace_period=grace_period, engine_log=engine_log, workers=workers, guard_gpu=guard_gpu,
+                         gpu_memory=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None)
         run_serve(spec, out, on_ready=lambda doc: out.result(doc, render=lambda console: _render_ready(console, doc)))
 
 
@@ -109,6 +117,10 @@ def _render_ready(console, doc: dict) -> None:
         table.add_row("upstream", doc["upstream"])
     table.add_row("auth", "bearer API key" if doc["auth"] != "none" else "none (set --api-key or LLMPROD_API_KEY)")
     table.add_row("guardrails", "\n".join(doc["guardrails"]))
+    for guard in doc.get("guard_engines") or []:
+        table.add_row("guard engine", f"{guard['model']} (pid {guard['pid']}) on {guard['endpoint']}, KV cache "
+                                      f"{guard['kv_cache_memory_bytes'] / 2**30:.2f} GiB, planned "
+                                      f"{guard['planned_bytes'] / 2**30:.2f} GiB in all, GPU {guard['gpu']}")
     console.print(table)
     console.print("Ctrl-C (or SIGTERM) stops: in-flight streams finish, then the engine stops.", style="dim")
 

@@ -141,6 +141,7 @@ class EngineProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.plan: dict = {}  # what was planned for it (a guard engine's memory share), for the ready document
 
     @property
     def pid(self) -> int | None:

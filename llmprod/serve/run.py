@@ -17,7 +17,7 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -202,19 +202,90 @@ def run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None]) ->
 
 def _run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None], policy, upstream_url: str | None,
                keys, sock: socket.socket, shared: str | None) -> None:
-    from llmprod.serve.worker import WorkerPool
-
+    guards: list[EngineProcess] = []
+    pointed: Path | None = None
     if upstream_url:
         engine = None
         settings = GatewaySettings(spec, upstream_url, False, None, shared, 0)
     else:
         served_name = spec.served_model_name or spec.model
         command = plan_engine(spec, served_name)
+        if command.kind == "vllm" and policy is not None:
+            spec, command, guards, pointed = _plan_guards(spec, command, out)
+            if pointed is not None:
+                policy = read_policy(spec)  # the same policy, its Llama Guard checks pointed at their engines
         models = {served_name: command.model_id}
         log = spec.engine_log or Path(tempfile.gettempdir()) / "llmprod" / f"engine-{command.port}.log"
         engine = EngineProcess(command, log)
         settings = GatewaySettings(spec, command.base_url, True, models, shared, 0)
         out.note(f"engine: {command.kind} ({command.reason}); log: {log}")
+    try:
+        if guards:  # first: their checks are tried when the guard is built, and the main engine sizes what is left
+            out.info(f"starting {len(guards)} guard engine(s): "
+                     + ", ".join(f"{g.command.model_id} on 127.0.0.1:{g.command.port}" for g in guards) + " ...")
+            for guard in guards:
+                guard.start()
+            run_loop(_wait_all(guards, spec.engine_timeout))
+        _run_gateway(spec, out, on_ready, policy, keys, sock, settings, engine, guards)
+    finally:
+        for guard in guards:
+            guard.stop()
+        if pointed is not None:
+            pointed.unlink(missing_ok=True)
+
+
+def _plan_guards(spec: ServeSpec, command: EngineCommand, out: Output):
+    """(spec, main engine command, guard engines, the pointed policy file or None): the policy's Llama Guard
+    models served by vLLM beside the main model, the main engine's memory share lowered to match."""
+    import yaml
+
+    from llmprod.guardrails import DEFAULT_POLICY
+    from llmprod.guardrails.policy import find_policy
+    from llmprod.serve.guards import gpu_total_bytes, guard_models, plan_guard_engines, pointed_policy
+
+    path = find_policy(spec.guardrails or DEFAULT_POLICY)
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not guard_models(doc):
+        return spec, command, [], None
+    gpu_bytes = spec.gpu_memory or gpu_total_bytes()
+    planned, utilization = plan_guard_engines(doc, command.argv[0], spec.max_concurrency, gpu_bytes,
+                                              spec.guard_gpu, spec.engine_options.gpu_memory_utilization)
+    if utilization is not None:
+        command = with_utilization(command, utilization)
+        out.note(f"GPU split: the guard engines plan {sum(g.total_bytes for g in planned) / 2**30:.2f} GiB; the main "
+                 f"engine gets --gpu-memory-utilization {utilization}")
+    pointed = pointed_policy(path, planned)
+    log_dir = (spec.engine_log.parent if spec.engine_log else Path(tempfile.gettempdir()) / "llmprod")
+    guards = [EngineProcess(g.command, log_dir / f"guard-{g.command.port}.log") for g in planned]
+    for guard, plan in zip(guards, planned):
+        guard.plan = plan.describe()
+    return replace(spec, guardrails=str(pointed)), command, guards, pointed
+
+
+def with_utilization(command: EngineCommand, utilization: float) -> EngineCommand:
+    """The command with vLLM's --gpu-memory-utilization set (replaced where it was given before `--`)."""
+    argv = list(command.argv)
+    if "--gpu-memory-utilization" in argv:
+        argv[argv.index("--gpu-memory-utilization") + 1] = str(utilization)
+    else:
+        at = argv.index("--served-model-name") + 2
+        argv[at:at] = ["--gpu-memory-utilization", str(utilization)]
+    return replace(command, argv=tuple(argv))
+
+
+async def _wait_all(engines: list[EngineProcess], timeout: float) -> None:
+    upstreams = [AiohttpUpstream(e.command.base_url, 30.0) for e in engines]
+    try:
+        await asyncio.gather(*(e.wait_ready(timeout, u) for e, u in zip(engines, upstreams)))
+    finally:
+        for upstream in upstreams:
+            await upstream.close()
+
+
+def _run_gateway(spec: ServeSpec, out: Output, on_ready, policy, keys, sock: socket.socket, settings, engine,
+                 guards: list[EngineProcess]) -> None:
+    from llmprod.serve.worker import WorkerPool
+
     gateway, guard_lines = build_gateway(settings, out, policy, keys)
     pool = WorkerPool(settings, sock, out) if spec.workers > 1 else None
     signals = _Signals()
@@ -227,7 +298,7 @@ def _run_serve(spec: ServeSpec, out: Output, on_ready: Callable[[dict], None], p
         signals.on_hangup = hangup
     signals.install()
     try:
-        run_loop(_serve(spec, out, gateway, engine, guard_lines, signals, on_ready, sock, pool))
+        run_loop(_serve(spec, out, gateway, engine, guard_lines, signals, on_ready, sock, pool, guards))
     finally:
         signals.restore()
         if engine is not None:
@@ -260,7 +331,7 @@ def run_loop(coro) -> None:
 
 async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineProcess | None,
                  guard_lines: list[str], signals: _Signals, on_ready: Callable[[dict], None], sock: socket.socket,
-                 pool=None) -> None:
+                 pool=None, guards: list[EngineProcess] = ()) -> None:
     started = time.monotonic()
     upstream, state = gateway.upstream, gateway.state
     stopping = None
@@ -282,7 +353,12 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
         supervisor = Supervisor(engine, state, spec.engine_timeout, on_event=out.warn,
                                 on_restart=gateway.metrics.engine_restarts.inc) if engine is not None else None
         supervising = asyncio.ensure_future(supervisor.run(upstream)) if supervisor is not None else None
-        on_ready(_ready_document(spec, gateway, engine, guard_lines, time.monotonic() - started, pool))
+        # Each guard engine restarted like the main one; while one is down its checks fail closed (503).
+        guard_upstreams = [AiohttpUpstream(g.command.base_url, 30.0) for g in guards]
+        guard_supervisors = [Supervisor(g, EngineState(g.command.base_url, supervised=True), spec.engine_timeout,
+                                        on_event=out.warn) for g in guards]
+        guarding = [asyncio.ensure_future(s.run(u)) for s, u in zip(guard_supervisors, guard_upstreams)]
+        on_ready(_ready_document(spec, gateway, engine, guard_lines, time.monotonic() - started, pool, guards))
         if pool is not None:
             stopping = asyncio.ensure_future(_stop_with(server, pool))
         await serve_task
@@ -290,6 +366,13 @@ async def _serve(spec: ServeSpec, out: Output, gateway: Gateway, engine: EngineP
             if server.should_exit:
                 await stopping  # the workers were signalled as this process began to stop
             await pool.stop(spec.grace_period)  # they drain as this one did, before the engine goes
+        for guard_supervisor in guard_supervisors:
+            guard_supervisor.stopping = True
+        for task in guarding:
+            task.cancel()
+        await asyncio.gather(*guarding, return_exceptions=True)
+        for guard_upstream in guard_upstreams:
+            await guard_upstream.close()
         if supervisor is not None:
             supervisor.stopping = True
             supervising.cancel()
@@ -340,7 +423,7 @@ async def _check_upstream(upstream: Upstream, api_key: str | None) -> None:
 
 
 def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | None, guard_lines: list[str],
-                    seconds: float, pool=None) -> dict:
+                    seconds: float, pool=None, guards: list[EngineProcess] = ()) -> dict:
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
     url = f"http://{host}:{spec.port}"
     return {
@@ -356,6 +439,7 @@ def _ready_document(spec: ServeSpec, gateway: Gateway, engine: EngineProcess | N
         "auth": (f"api keys: {len(gateway.keys.names)} client(s) from {spec.api_keys}" if spec.api_keys
                  else "api key" if spec.api_key else "none"),
         "guardrails": guard_lines,
+        "guard_engines": [{**g.plan, "pid": g.pid, "log": str(g.log_path)} for g in guards],
         "max_concurrency": spec.max_concurrency,
         "workers": spec.workers,
         "worker_pids": [os.getpid(), *(pool.pids if pool else ())],

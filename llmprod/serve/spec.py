@@ -48,6 +48,10 @@ class ServeSpec:
     grace_period: float = 30.0
     engine_log: Path | None = None
     workers: int = 1  # gateway processes sharing the port (worker.py); the engine stays one
+    # The policy's Llama Guard models served by vLLM beside the main engine (guards.py): on this GPU index
+    # (None: the main engine's, its memory split), and the GPU's memory where nvidia-smi cannot say it.
+    guard_gpu: int | None = None
+    gpu_memory: int | None = None
 
     def validate(self) -> None:
         if self.upstream and self.model:

@@ -11,6 +11,9 @@ guardrails do not check, so a test can script the answer to any user text), so o
     anything else      `tokens` tokens "t0 t1 ..." with `itl` seconds between them
 GET /stats: generation requests seen, streams cancelled by the client, the last body received.
 
+As a stand-in `vllm serve DIR` (vllm_executable): a directory whose name says "guard" and holds a model is
+served by llmprod.testing.guard_endpoint instead, scoring Llama Guard prompts with the real (tiny) model.
+
 As a script it is also a stand-in for `vllm serve MODEL --host H --port P ...` (extra flags ignored) and
 `vllm --version` (FAKE_VLLM_VERSION); it replays a recorded vLLM start-up into its output
 (FAKE_VLLM_STARTUP_LOG), exits with FAKE_VLLM_EXIT_CODE after it when set (a refused start), and it can
@@ -228,6 +231,14 @@ def main() -> None:
     parser.add_argument("--child-pid-file", default=None)
     parser.add_argument("--max-model-len", type=int, default=None)
     args, _unknown = parser.parse_known_args(argv)
+    if "guard" in Path(model).name.lower() and Path(model, "config.json").is_file():
+        # a guard model, as `serve` starts vLLM for a policy's Llama Guard: scored for real (guard_endpoint)
+        import uvicorn
+
+        from llmprod.testing.guard_endpoint import make_app as guard_app
+
+        uvicorn.run(guard_app(model, args.served_model_name), host=args.host, port=args.port, log_level="warning")
+        return
     if args.spawn_child or os.environ.get("FAKE_ENGINE_CHILD_PID_FILE"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         pid_file = args.child_pid_file or os.environ.get("FAKE_ENGINE_CHILD_PID_FILE")

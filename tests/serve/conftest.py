@@ -81,7 +81,7 @@ def serve_process():
         procs.append(proc)
         line = proc.stdout.readline()
         buffer = line
-        while line and not buffer.rstrip().endswith("}"):
+        while line and line.rstrip("\n") != "}" and buffer.strip() != "{}":  # the document's own closing brace
             line = proc.stdout.readline()
             buffer += line
         if not buffer:
