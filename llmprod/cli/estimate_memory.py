@@ -33,6 +33,11 @@ def estimate_memory(
     max_num_batched_tokens: Annotated[Optional[int], typer.Option("--max-num-batched-tokens", min=1, help="vLLM's scheduler token budget per step [default: vLLM's for the GPU and entry point: 8192 for vllm serve on 70 GiB and more (not A100), else 2048].", show_default=False)] = None,
     max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="vLLM's most sequences per step; its sampler warm-up sizes logits for this many [default: vLLM's: 1024 on 70 GiB and more (not A100), else 256].", show_default=False)] = None,
     entry_point: Annotated[str, typer.Option("--entry-point", help="How vLLM is started, which decides its batch defaults: serve (vllm serve, what llmprod serve starts) or python (vllm.LLM).", case_sensitive=False)] = "serve",
+    guard: Annotated[Optional[list[str]], typer.Option("--guard", help="A guard model (Llama Guard) that `serve --engine "
+                                                      "vllm` would run beside this one on the same GPU: its share is "
+                                                      "taken first (repeatable).", show_default=False)] = None,
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, help="With --guard: the gateway's "
+                                                 "requests in flight, which the guards' KV cache is sized for.")] = 256,
     revision: RevisionOpt = None,
     vllm_version: Annotated[Optional[str], typer.Option("--vllm-version", help="Plan with this vLLM release's defaults [default: the vLLM on PATH or --vllm-bin, else the newest llmprod knows].", show_default=False)] = None,
     vllm_bin: Annotated[Optional[str], typer.Option("--vllm-bin", help="The vLLM whose release decides the defaults.")] = None,
@@ -59,6 +64,9 @@ def estimate_memory(
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
             entry_point=entry_point.lower(), revision=revision,
         )
+        guards = None
+        if guard:
+            spec, guards = _with_guards(spec, guard, max_concurrency)
         if vllm_log is not None:  # the log names its release and settings
             from llmprod.memory.versus import estimate_against_log
 
@@ -66,9 +74,32 @@ def estimate_memory(
         else:
             version, version_from = which_vllm(vllm_version, vllm_bin)
             result = estimate(replace(spec, vllm_version=version, vllm_version_from=version_from))
+        if guards is not None:
+            result["guard_engines"] = guards
         out.result(result, lambda console: _render(console, result))
         if not result["fits"] or result["loads"] is False:  # a gate: CI fails on the exit code alone
             raise CheckFailed(result["reason"])
+
+
+def _with_guards(spec, models: list[str], concurrency: int):
+    """The spec with the guard engines' share of the GPU taken from vLLM's utilization, as `serve` splits it."""
+    from dataclasses import replace
+
+    from llmprod.errors import InputError
+    from llmprod.memory.plan import gpu_of
+    from llmprod.memory.releases import NEWEST, RELEASES
+    from llmprod.serve.guards import MIN_MAIN_UTILIZATION, guard_share
+
+    _, total = gpu_of(spec)
+    if total is None:
+        raise InputError("--guard needs the GPU's memory to split", hint="pass --gpu NAME or --gpu-memory SIZE")
+    guards = guard_share(models, concurrency)
+    base = spec.gpu_memory_utilization or RELEASES[NEWEST].gpu_memory_utilization
+    utilization = round(base - sum(g["planned_bytes"] for g in guards) / total, 4)
+    if utilization < MIN_MAIN_UTILIZATION:
+        raise InputError(f"the guard engines would leave this model --gpu-memory-utilization {utilization:.2f}",
+                         hint="lower --max-concurrency, or plan the guards on a GPU of their own")
+    return replace(spec, gpu_memory_utilization=utilization), guards
 
 
 def _render(console, r: dict) -> None:
@@ -123,6 +154,11 @@ def _render(console, r: dict) -> None:
     for w in r.get("what_if", []):
         console.print(f"  what if {w['change']}: {w['kv_cache_tokens']:,} tokens, concurrency "
                       f"{w['max_concurrency']:.2f}x, longest context {w['max_context']:,}")
+    for g in r.get("guard_engines") or []:
+        console.print(f"guard engine {g['model']}: {format_bytes(g['planned_bytes'])} of the GPU "
+                      f"(KV cache {format_bytes(g['kv_cache_memory_bytes'])} for its checks, --max-model-len "
+                      f"{g['max_model_len']:,}); this model gets --gpu-memory-utilization "
+                      f"{r['vllm']['gpu_memory_utilization']}")
     if "vs_vllm" in r:
         _render_versus(console, r["vs_vllm"])
 

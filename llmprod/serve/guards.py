@@ -73,6 +73,15 @@ def _footprint(model: str, concurrency: int) -> tuple[int, int, int]:
     return length, kv, full["weights_bytes"] + kv + overhead + CUDA_GRAPH_BYTES
 
 
+def guard_share(models: list[str], concurrency: int) -> list[dict[str, Any]]:
+    """What each guard engine would hold (estimate-memory --guard): its length, KV cache and planned total."""
+    out = []
+    for model in dict.fromkeys(models):
+        length, kv, total = _footprint(model, concurrency)
+        out.append({"model": model, "max_model_len": length, "kv_cache_memory_bytes": kv, "planned_bytes": total})
+    return out
+
+
 def plan_guard_engines(policy_doc: dict[str, Any], vllm_path: str, concurrency: int, gpu_bytes: int | None,
                        guard_gpu: int | None, main_utilization: float | None) -> tuple[list[GuardEngine], float | None]:
     """The guard engines and the main engine's --gpu-memory-utilization (None: unchanged, the guards have a GPU of

@@ -148,3 +148,20 @@ def _guard_processes(model: Path) -> list[int]:
             if "fake_engine" in cmdline and str(model) in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def test_estimate_memory_shows_the_same_split_serve_makes(cli, tiny_llama_guard_dir):
+    """`estimate-memory MODEL --guard GUARD`: the guard engine's share first, the model planned with the rest,
+    the same utilization serve would give its engine."""
+    model = str(Path(__file__).resolve().parents[1] / "data" / "model-configs" / "meta-llama__Llama-3.1-8B-Instruct.json")
+    alone = cli("estimate-memory", model, "--gpu", "H100", "--max-model-len", "8k", "--json").json()
+    result = cli("estimate-memory", model, "--gpu", "H100", "--max-model-len", "8k", "--guard", str(tiny_llama_guard_dir),
+                 "--max-concurrency", "16", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()
+    (guard,) = doc["guard_engines"]
+    _, utilization = plan_guard_engines(policy_doc(tiny_llama_guard_dir), "/v/vllm", 16, 81_559 << 20, None, None)
+    assert doc["vllm"]["gpu_memory_utilization"] == utilization < 0.92
+    assert doc["kv_cache_bytes"] < alone["kv_cache_bytes"]
+    refused = cli("estimate-memory", model, "--kv-cache-memory", "10GiB", "--guard", str(tiny_llama_guard_dir))
+    assert refused.exit_code == 2 and "--guard needs the GPU's memory" in refused.stderr
