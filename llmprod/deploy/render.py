@@ -289,8 +289,8 @@ def readme(plan: DeployPlan, files: dict[str, list[dict]]) -> str:
                   "guard is more than it needs: on a cluster with MIG or time-slicing, lower its `nvidia.com/gpu` "
                   "request to a slice.\n")
     if plan.in_gateway_models:
-        guards += (f"\n{', '.join(plan.in_gateway_models)} run in-process in the gateway pods (vLLM 0.26 does not serve "
-                   "them as the policy uses them), so the gateway requests more memory.\n")
+        guards += (f"\n{', '.join(plan.in_gateway_models)} run in-process in the gateway pods (Prompt Guard 2 is a DeBERTa-v2 "
+                   "classifier, an architecture vLLM 0.26 does not have), so the gateway requests more memory.\n")
     return f"""# {plan.name}: {plan.served_name} on {s.gpu}, rendered by `llmprod deploy`
 
 {listing}

@@ -6,7 +6,8 @@ The memory split: each guard engine gets `--kv-cache-memory` for what its checks
 `--max-concurrency` (GUARD_TOKENS_PER_CHECK tokens a check in flight: the category list, the conversation
 and the output window; a longer one waits in the guard engine's queue, it is never refused below
 GUARD_MAX_MODEL_LEN), plus its weights and vLLM's overhead as estimate-memory plans them; on a shared GPU the
-main engine's `--gpu-memory-utilization` is lowered by that share. Prompt Guard's classifier stays in-process.
+main engine's `--gpu-memory-utilization` is lowered by that share. Prompt Guard's classifier stays in-process:
+it is a DeBERTa-v2 model, and vLLM 0.26.0's model registry has no DeBERTa architecture.
 """
 
 from __future__ import annotations
