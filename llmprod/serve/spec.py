@@ -78,6 +78,9 @@ class ServeSpec:
         for ok, message in checks:
             if not ok:
                 raise InputError(message, hint="see `llmprod serve --help`")
+        if (self.guard_gpu is not None or self.gpu_memory) and (self.upstream or self.engine == "transformers"):
+            raise InputError("--guard-gpu and --gpu-memory place guard engines that serve starts beside vLLM",
+                             hint="use them with --engine vllm (or auto on a GPU), or drop them")
         gmu = self.engine_options.gpu_memory_utilization
         if gmu is not None and not 0 < gmu <= 1:
             raise InputError(f"--gpu-memory-utilization {gmu} is not in (0, 1]", hint="e.g. 0.9")

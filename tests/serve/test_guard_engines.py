@@ -165,3 +165,10 @@ def test_estimate_memory_shows_the_same_split_serve_makes(cli, tiny_llama_guard_
     assert doc["kv_cache_bytes"] < alone["kv_cache_bytes"]
     refused = cli("estimate-memory", model, "--kv-cache-memory", "10GiB", "--guard", str(tiny_llama_guard_dir))
     assert refused.exit_code == 2 and "--guard needs the GPU's memory" in refused.stderr
+
+
+@pytest.mark.parametrize("args", [["--engine", "transformers", "--guard-gpu", "1"],
+                                  ["--upstream", "http://127.0.0.1:9", "--gpu-memory", "80GiB"]])
+def test_guard_placement_without_vllm_is_refused(cli, args, model_dirs):
+    result = cli("serve", *(["./m"] if "--upstream" not in args else []), *args)
+    assert result.exit_code == 2 and "use them with --engine vllm" in result.stderr
