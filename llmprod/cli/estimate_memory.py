@@ -87,18 +87,14 @@ def _with_guards(spec, models: list[str], concurrency: int):
 
     from llmprod.errors import InputError
     from llmprod.memory.plan import gpu_of
-    from llmprod.memory.releases import NEWEST, RELEASES
-    from llmprod.serve.guards import MIN_MAIN_UTILIZATION, guard_share
+    from llmprod.serve.guards import guard_share, split_utilization
 
     _, total = gpu_of(spec)
     if total is None:
         raise InputError("--guard needs the GPU's memory to split", hint="pass --gpu NAME or --gpu-memory SIZE")
     guards = guard_share(models, concurrency)
-    base = spec.gpu_memory_utilization or RELEASES[NEWEST].gpu_memory_utilization
-    utilization = round(base - sum(g["planned_bytes"] for g in guards) / total, 4)
-    if utilization < MIN_MAIN_UTILIZATION:
-        raise InputError(f"the guard engines would leave this model --gpu-memory-utilization {utilization:.2f}",
-                         hint="lower --max-concurrency, or plan the guards on a GPU of their own")
+    utilization = split_utilization(sum(g["planned_bytes"] for g in guards), total, spec.gpu_memory_utilization,
+                                    "lower --max-concurrency, or plan the guards on a GPU of their own")
     return replace(spec, gpu_memory_utilization=utilization), guards
 
 

@@ -231,6 +231,8 @@ def _plan_guardrails(plan: DeployPlan) -> None:
     import yaml
 
     from llmprod.bundled import RECIPES
+    from llmprod.guardrails.policy import in_process_models, point_guards, served_guard_models
+    from llmprod.serve.guards import GUARD_MAX_MODEL_LEN
 
     spec = plan.spec
     path = Path(spec.guardrails)
@@ -239,22 +241,14 @@ def _plan_guardrails(plan: DeployPlan) -> None:
         if not path.is_file():
             raise InputError(f"no guardrail policy {spec.guardrails!r}", hint="give a policy YAML or a bundled name")
     policy = yaml.safe_load(path.read_text(encoding="utf-8"))
-    engines: dict[str, GuardEngine] = {}
-    for stage in ("input", "output"):
-        for check in policy.get(stage) or []:
-            options = check.setdefault("options", {}) or {}
-            model = options.get("model")
-            if check.get("check") == "llama_guard" and model and not options.get("endpoint"):
-                if model not in engines:
-                    guard = f"{plan.name}-guard-{dns_name(model)}"[:63].rstrip("-")
-                    engines[model] = GuardEngine(model, guard, [
-                        "--served-model-name", model, "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
-                        "--max-model-len", "8192", "--gpu-memory-utilization", str(GUARD_MEMORY_UTILIZATION)])
-                options["endpoint"] = f"http://{engines[model].name}:{ENGINE_PORT}/v1"
-            elif model and not options.get("endpoint") and model not in plan.in_gateway_models:
-                plan.in_gateway_models.append(model)
+    engines = [GuardEngine(model, f"{plan.name}-guard-{dns_name(model)}"[:63].rstrip("-"), [
+        "--served-model-name", model, "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
+        "--max-model-len", str(GUARD_MAX_MODEL_LEN), "--gpu-memory-utilization", str(GUARD_MEMORY_UTILIZATION)])
+        for model in served_guard_models(policy)]
+    point_guards(policy, {e.model: f"http://{e.name}:{ENGINE_PORT}/v1" for e in engines})
+    plan.in_gateway_models = in_process_models(policy)
     plan.policy, plan.policy_name = policy, policy.get("name", path.stem)
-    plan.guard_engines = list(engines.values())
+    plan.guard_engines = engines
     plan.provenance["guardrails"] = (f"policy {plan.policy_name} ({path.name}); guard engines: "
                                      + (", ".join(e.model for e in plan.guard_engines) or "none")
                                      + (f"; in the gateway: {', '.join(plan.in_gateway_models)}"

@@ -204,3 +204,32 @@ def _check_patterns(value: Any, path: Path, line: int, where: str) -> list[dict[
                        "RE2 matches in linear time: no look-around or back-references") from None
         patterns.append({"name": item["name"], "pattern": item["pattern"]})
     return patterns
+
+
+# -- a policy file's guard models, for whoever serves them (serve's guard engines, deploy's Deployments) --------
+def _model_checks(doc: dict[str, Any]):
+    """(check name, its options) of each check of a policy file (its YAML as a dict) that names a `model:`."""
+    for stage in STAGES:
+        for check in doc.get(stage) or []:
+            options = check.get("options") or {}
+            if options.get("model"):
+                yield check.get("check"), options
+
+
+def served_guard_models(doc: dict[str, Any]) -> list[str]:
+    """The Llama Guard models no `endpoint:` serves yet, in order: vLLM can serve these beside the main model."""
+    found = [o["model"] for name, o in _model_checks(doc) if name == "llama_guard" and not o.get("endpoint")]
+    return list(dict.fromkeys(found))
+
+
+def in_process_models(doc: dict[str, Any]) -> list[str]:
+    """The other guard models without an `endpoint:` (Prompt Guard): they run inside the gateway."""
+    found = [o["model"] for name, o in _model_checks(doc) if name != "llama_guard" and not o.get("endpoint")]
+    return list(dict.fromkeys(found))
+
+
+def point_guards(doc: dict[str, Any], endpoints: dict[str, str]) -> None:
+    """Set `endpoint:` on each Llama Guard check whose model is served at endpoints[model] (in place)."""
+    for name, options in _model_checks(doc):
+        if name == "llama_guard" and options["model"] in endpoints:
+            options["endpoint"] = endpoints[options["model"]]

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from llmprod.errors import InputError
+from llmprod.guardrails.policy import point_guards, served_guard_models
 from llmprod.serve.engines import EngineCommand, free_port, vllm_command
 from llmprod.serve.spec import EngineOptions
 
 GUARD_MAX_MODEL_LEN = 8192
 GUARD_TOKENS_PER_CHECK = 2048
-DEFAULT_UTILIZATION = 0.92  # vLLM 0.26's --gpu-memory-utilization
 MIN_MAIN_UTILIZATION = 0.10
 
 
@@ -45,33 +45,31 @@ class GuardEngine:
                 "planned_bytes": self.total_bytes, "gpu": self.command.env.get("CUDA_VISIBLE_DEVICES", "shared")}
 
 
-def guard_models(policy_doc: dict[str, Any]) -> list[str]:
-    """The Llama Guard models of a policy (its YAML as a dict) that no `endpoint:` serves yet, in order."""
-    seen: list[str] = []
-    for stage in ("input", "output"):
-        for check in policy_doc.get(stage) or []:
-            options = check.get("options") or {}
-            model = options.get("model")
-            if check.get("check") == "llama_guard" and model and not options.get("endpoint") and model not in seen:
-                seen.append(model)
-    return seen
-
-
 def _footprint(model: str, concurrency: int) -> tuple[int, int, int]:
     """(max model length, KV cache bytes, everything the guard engine holds) from estimate-memory's plan of the
-    guard model."""
-    from llmprod.memory.model import load_config, model_shape
+    guard model (its KV bytes a token, weights and overheads do not depend on the length planned)."""
     from llmprod.memory.plan import CUDA_GRAPH_BYTES, MemorySpec, estimate
 
-    limit = model_shape(load_config(model)[0]).max_position_embeddings or GUARD_MAX_MODEL_LEN
-    length = min(GUARD_MAX_MODEL_LEN, limit)
-    tokens = max(concurrency * min(GUARD_TOKENS_PER_CHECK, length), length)
-    probe = estimate(MemorySpec(model=model, context=length, kv_cache_memory_bytes=1 << 30))
-    kv = tokens * probe["kv_bytes_per_token"]
-    full = estimate(MemorySpec(model=model, context=length, gpu_memory_bytes=1 << 40))
-    overhead = sum(-line["bytes"] for line in full["budget"] if line["item"] in ("− activation peak",
+    plan = estimate(MemorySpec(model=model, gpu_memory_bytes=1 << 40))  # at the model's own length
+    length = min(GUARD_MAX_MODEL_LEN, plan["context"])
+    kv = max(concurrency * min(GUARD_TOKENS_PER_CHECK, length), length) * plan["kv_bytes_per_token"]
+    overhead = sum(-line["bytes"] for line in plan["budget"] if line["item"] in ("− activation peak",
                                                                                   "− non-torch memory"))
-    return length, kv, full["weights_bytes"] + kv + overhead + CUDA_GRAPH_BYTES
+    return length, kv, plan["weights_bytes"] + kv + overhead + CUDA_GRAPH_BYTES
+
+
+def split_utilization(guard_bytes: int, gpu_bytes: int, utilization: float | None, hint: str) -> float:
+    """The main engine's --gpu-memory-utilization once the guard engines have taken `guard_bytes` of the GPU;
+    an InputError when too little is left."""
+    from llmprod.memory.releases import NEWEST, RELEASES
+
+    share = guard_bytes / gpu_bytes
+    left = round((utilization or RELEASES[NEWEST].gpu_memory_utilization) - share, 4)
+    if left < MIN_MAIN_UTILIZATION:
+        raise InputError(f"the guard engines need {guard_bytes / 2**30:.2f} GiB ({share:.0%} of the "
+                         f"{gpu_bytes / 2**30:.1f} GiB GPU), leaving the main model --gpu-memory-utilization "
+                         f"{left:.2f}", hint=hint)
+    return left
 
 
 def guard_share(models: list[str], concurrency: int) -> list[dict[str, Any]]:
@@ -87,7 +85,7 @@ def plan_guard_engines(policy_doc: dict[str, Any], vllm_path: str, concurrency: 
                        guard_gpu: int | None, main_utilization: float | None) -> tuple[list[GuardEngine], float | None]:
     """The guard engines and the main engine's --gpu-memory-utilization (None: unchanged, the guards have a GPU of
     their own). Exit 2 before anything starts when the split leaves the main model too little."""
-    models = guard_models(policy_doc)
+    models = served_guard_models(policy_doc)
     engines: list[GuardEngine] = []
     for model in models:
         length, kv, total = _footprint(model, concurrency)
@@ -102,15 +100,9 @@ def plan_guard_engines(policy_doc: dict[str, Any], vllm_path: str, concurrency: 
         raise InputError("cannot split the GPU between the model and its guard engines: its memory is unknown "
                          "(no nvidia-smi)", hint="pass --gpu-memory SIZE (e.g. 80GiB), or --guard-gpu N for a GPU "
                                                  "of their own")
-    share = sum(e.total_bytes for e in engines) / gpu_bytes
-    utilization = round((main_utilization or DEFAULT_UTILIZATION) - share, 4)
-    if utilization < MIN_MAIN_UTILIZATION:
-        need = sum(e.total_bytes for e in engines) / 2**30
-        raise InputError(f"the guard engines need {need:.2f} GiB ({share:.0%} of the {gpu_bytes / 2**30:.1f} GiB GPU), "
-                         f"leaving the main model --gpu-memory-utilization {utilization:.2f}",
-                         hint="lower --max-concurrency (the guards' KV cache scales with it), or give them "
-                              "--guard-gpu N")
-    return engines, utilization
+    return engines, split_utilization(sum(e.total_bytes for e in engines), gpu_bytes, main_utilization,
+                                      "lower --max-concurrency (the guards' KV cache scales with it), or give "
+                                      "them --guard-gpu N")
 
 
 def pointed_policy(policy_path: Path, engines: list[GuardEngine]) -> Path:
@@ -118,12 +110,7 @@ def pointed_policy(policy_path: Path, engines: list[GuardEngine]) -> Path:
     import yaml
 
     doc = yaml.safe_load(policy_path.read_text(encoding="utf-8"))
-    by_model = {e.model: e for e in engines}
-    for stage in ("input", "output"):
-        for check in doc.get(stage) or []:
-            options = check.get("options") or {}
-            if check.get("check") == "llama_guard" and options.get("model") in by_model:
-                options["endpoint"] = by_model[options["model"]].endpoint
+    point_guards(doc, {e.model: e.endpoint for e in engines})
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="llmprod-policy-", delete=False,
                                      encoding="utf-8") as handle:
         yaml.safe_dump(doc, handle, sort_keys=False)

@@ -240,12 +240,12 @@ def _plan_guards(spec: ServeSpec, command: EngineCommand, out: Output):
     import yaml
 
     from llmprod.guardrails import DEFAULT_POLICY
-    from llmprod.guardrails.policy import find_policy
-    from llmprod.serve.guards import gpu_total_bytes, guard_models, plan_guard_engines, pointed_policy
+    from llmprod.guardrails.policy import find_policy, served_guard_models
+    from llmprod.serve.guards import gpu_total_bytes, plan_guard_engines, pointed_policy
 
     path = find_policy(spec.guardrails or DEFAULT_POLICY)
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not guard_models(doc):
+    if not served_guard_models(doc):
         return spec, command, [], None
     gpu_bytes = spec.gpu_memory or gpu_total_bytes()
     planned, utilization = plan_guard_engines(doc, command.argv[0], spec.max_concurrency, gpu_bytes,

@@ -18,7 +18,8 @@ import yaml
 
 from llmprod.errors import InputError
 from llmprod.serve.engines import EngineCommand
-from llmprod.serve.guards import GUARD_MAX_MODEL_LEN, guard_models, plan_guard_engines, pointed_policy
+from llmprod.guardrails.policy import served_guard_models
+from llmprod.serve.guards import GUARD_MAX_MODEL_LEN, plan_guard_engines, pointed_policy
 from llmprod.serve.run import with_utilization
 from llmprod.testing.servers import free_port, wait_until
 
@@ -36,7 +37,7 @@ def policy_doc(guard: Path, output_too: bool = True) -> dict:
 
 def test_one_engine_per_distinct_guard_model_with_its_kv_cache_and_the_rest_for_the_main_model(tiny_llama_guard_dir):
     doc = policy_doc(tiny_llama_guard_dir)
-    assert guard_models(doc) == [str(tiny_llama_guard_dir)]  # input and output share one engine
+    assert served_guard_models(doc) == [str(tiny_llama_guard_dir)]  # input and output share one engine
     engines, utilization = plan_guard_engines(doc, "/venv/bin/vllm", concurrency=16, gpu_bytes=80 * GiB,
                                               guard_gpu=None, main_utilization=None)
     (guard,) = engines
