@@ -100,10 +100,8 @@ def preflight(fmt: str, gpu: str, version: str) -> dict[str, Any]:
     base["describes"] = row["describes"]
     minimum = row.get("min_capability")
     if card.platform == "cuda" and minimum and card.capability < minimum:
-        return {**base, "loads": False, "kernel": None, "source": row["source"],
-                "nearest": _nearest(table, fmt, card),
-                "reason": (f"vLLM {release} does not load {fmt} on {where}: it needs compute capability "
-                           f"{minimum / 10:.1f}" + _nearest_words(table, fmt, card))}
+        return _refused(base, row, gpu, version, f"vLLM {release} does not load {fmt} on {where}: it needs compute "
+                                                 f"capability {minimum / 10:.1f}")
     for option in row.get(card.platform) or []:
         low, high = option.get("capability") or [None, None]
         if card.platform == "cuda" and ((low and card.capability < low) or (high and card.capability > high)):
@@ -112,21 +110,14 @@ def preflight(fmt: str, gpu: str, version: str) -> dict[str, Any]:
                 "needs": option.get("needs"), "weight_memory": option["weight_memory"], "source": option["source"],
                 "seen": option.get("seen", []),
                 "reason": f"vLLM {release} loads {fmt} on {where} with {option['kernel']}"}
-    return {**base, "loads": False, "kernel": None, "source": row["source"], "nearest": _nearest(table, fmt, card),
-            "reason": f"vLLM {release} has no {fmt} kernel for {where}" + _nearest_words(table, fmt, card)}
+    return _refused(base, row, gpu, version, f"vLLM {release} has no {fmt} kernel for {where}")
 
 
-def _nearest(table: dict[str, Any], fmt: str, card) -> str | None:
-    """The format the row names as nearest, if it loads on this GPU."""
-    nearest = table["formats"][fmt].get("nearest")
-    if not nearest:
-        return None
-    row = table["formats"][nearest]
-    minimum = row.get("min_capability")
-    ok = card.platform != "cuda" or not minimum or card.capability >= minimum
-    return nearest if ok and row.get(card.platform) else None
-
-
-def _nearest_words(table: dict[str, Any], fmt: str, card) -> str:
-    nearest = _nearest(table, fmt, card)
-    return f"; the nearest scheme that loads there is {nearest}" if nearest else ""
+def _refused(base: dict[str, Any], row: dict[str, Any], gpu: str, version: str, reason: str) -> dict[str, Any]:
+    """A format that does not load, with the row's nearest format if that one loads on the same GPU."""
+    nearest = row.get("nearest")
+    if nearest and not preflight(nearest, gpu, version)["loads"]:
+        nearest = None
+    words = f"; the nearest scheme that loads there is {nearest}" if nearest else ""
+    return {**base, "loads": False, "kernel": None, "source": row["source"], "nearest": nearest,
+            "reason": reason + words}
