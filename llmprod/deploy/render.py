@@ -19,8 +19,7 @@ KUBERNETES_VERSIONS = ("1.31", "1.32", "1.33", "1.34")
 
 
 def labels(plan: DeployPlan, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": component,
-            "app.kubernetes.io/managed-by": MANAGED}
+    return {**_selector(plan, component), "app.kubernetes.io/managed-by": MANAGED}
 
 
 def meta(plan: DeployPlan, name: str, component: str, notes: dict[str, str] | None = None) -> dict[str, Any]:

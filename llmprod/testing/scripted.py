@@ -4,7 +4,9 @@ cut across reads, cannot flake because a busy machine merged or split them on th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import AsyncIterator
 
 from llmprod.serve.upstream import Answer, Health
@@ -71,9 +73,6 @@ class ScriptedUpstream:
         self.cancelled = 0  # generation requests the gateway cancelled before they answered
 
     async def _prefill(self, payload: dict) -> None:
-        import asyncio
-        import time
-
         self.requests.append(payload)
         self.started.append(time.perf_counter())
         try:
