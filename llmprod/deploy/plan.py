@@ -231,7 +231,7 @@ def _plan_guardrails(plan: DeployPlan) -> None:
     import yaml
 
     from llmprod.bundled import RECIPES
-    from llmprod.guardrails.policy import in_process_models, point_guards, served_guard_models
+    from llmprod.guardrails.policy import in_process_models, load_policy, point_guards, served_guard_models
     from llmprod.serve.guards import GUARD_MAX_MODEL_LEN
 
     spec = plan.spec
@@ -240,6 +240,7 @@ def _plan_guardrails(plan: DeployPlan) -> None:
         path = RECIPES / "guardrails" / f"{spec.guardrails}.yaml"
         if not path.is_file():
             raise InputError(f"no guardrail policy {spec.guardrails!r}", hint="give a policy YAML or a bundled name")
+    load_policy(path)  # validated as the gateway will validate it: a mistake is refused here, not in the pods
     policy = yaml.safe_load(path.read_text(encoding="utf-8"))
     engines = [GuardEngine(model, f"{plan.name}-guard-{dns_name(model)}"[:63].rstrip("-"), [
         "--served-model-name", model, "--host", "0.0.0.0", "--port", str(ENGINE_PORT),

@@ -253,6 +253,7 @@ def _refusal_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "conc.json").write_text(json.dumps({"search": {"mode": "concurrency", "answer": 32}}))
     (tmp / "failed.json").write_text(json.dumps({"perplexity": 9.1, "increase": 0.12, "max_increase": 0.05,
                                                  "passed": False}))
+    (tmp / "bad-policy.yaml").write_text("name: bad\ninput:\n  - check: secretz\n")
     (tmp / "full").mkdir()
     (tmp / "full" / "x").write_text("x")
     image = ["--image-gateway", GATEWAY_IMAGE, "--max-model-len", "8192"]
@@ -272,12 +273,14 @@ def _refusal_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad target": ([ckpt, *uri, "--gpu", "L4", "--target", "nomad", *image], "--target 'nomad'"),
         "unknown gpu": ([ckpt, *uri, "--gpu", "TPU", *image], "unknown GPU 'TPU'"),
         "unknown policy": ([ckpt, *uri, "--gpu", "L4", "--guardrails", "nope", *image], "no guardrail policy 'nope'"),
+        "invalid policy": ([ckpt, *uri, "--gpu", "L4", "--guardrails", str(tmp / "bad-policy.yaml"), *image],
+                           "unknown check 'secretz'"),
     }
 
 
 REFUSALS = ["does not fit", "cannot load", "no gateway image", "local dir, no uri", "bad uri", "rate without capacity",
             "replicas and rate", "concurrency capacity", "failed perplexity gate", "bad target", "unknown gpu",
-            "unknown policy"]
+            "unknown policy", "invalid policy"]
 
 
 @pytest.mark.parametrize("case", REFUSALS)
